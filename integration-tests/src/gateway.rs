@@ -1,0 +1,159 @@
+//! Envoy configurations for tests and the benchmark, built as JSON (which Envoy reads as
+//! YAML): one HTTP listener on a kernel-chosen port, named routes to STATIC clusters on
+//! loopback, and any chain of HTTP filters.
+
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Labels the metrics filter always emits, plus the overflow counter's `label`.
+pub const METRICS_LABELS: [&str; 6] = ["route", "upstream", "method", "code", "consumer", "label"];
+
+pub struct Gateway {
+    routes: Vec<Value>,
+    clusters: Vec<Value>,
+    filters: Vec<Value>,
+    tag_labels: Vec<String>,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            routes: vec![],
+            clusters: vec![],
+            filters: vec![],
+            tag_labels: METRICS_LABELS.map(String::from).to_vec(),
+        }
+    }
+}
+
+impl Gateway {
+    pub fn new() -> Gateway {
+        Gateway::default()
+    }
+
+    /// A cluster of loopback endpoints (round robin).
+    pub fn cluster(mut self, name: &str, ports: &[u16]) -> Gateway {
+        let endpoints: Vec<Value> = ports
+            .iter()
+            .map(|port| json!({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}))
+            .collect();
+        self.clusters.push(json!({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}
+        }));
+        self
+    }
+
+    /// A named route: requests whose path starts with `prefix` go to `cluster`.
+    pub fn route(mut self, name: &str, prefix: &str, cluster: &str) -> Gateway {
+        self.routes.push(
+            json!({"name": name, "match": {"prefix": prefix}, "route": {"cluster": cluster}}),
+        );
+        self
+    }
+
+    /// A route Envoy answers itself (no upstream), like the native direct_response.
+    pub fn direct_route(mut self, name: &str, prefix: &str, status: u16, body: &str) -> Gateway {
+        self.routes.push(json!({
+            "name": name, "match": {"prefix": prefix},
+            "direct_response": {"status": status, "body": {"inline_string": body}}
+        }));
+        self
+    }
+
+    /// One of our wasm filters, by module name (`metrics`, `noop`, …) with its JSON config.
+    pub fn wasm_filter(self, module: &str, configuration: Value) -> Gateway {
+        let path = crate::paths::wasm_module(module);
+        self.wasm_filter_at(module, &path, configuration, "FAIL_CLOSED")
+    }
+
+    pub fn wasm_filter_at(
+        mut self,
+        name: &str,
+        path: &Path,
+        configuration: Value,
+        failure_policy: &str,
+    ) -> Gateway {
+        self.filters.push(json!({
+            "name": name,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": name,
+                    "root_id": name,
+                    "failure_policy": failure_policy,
+                    "vm_config": {
+                        "vm_id": "gateway",
+                        "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": path.display().to_string()}}
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": configuration.to_string()
+                    }
+                }
+            }
+        }));
+        self
+    }
+
+    /// Any other HTTP filter, as Envoy's JSON.
+    pub fn native_filter(mut self, filter: Value) -> Gateway {
+        self.filters.push(filter);
+        self
+    }
+
+    /// Adds a stats tag for an extra metrics label (built-in labels are always tagged).
+    pub fn tag_label(mut self, label: &str) -> Gateway {
+        self.tag_labels.push(label.to_string());
+        self
+    }
+
+    pub fn render(&self) -> String {
+        let mut filters = self.filters.clone();
+        filters.push(json!({
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+        }));
+        json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            "stats_config": {"stats_tags": stats_tags(&self.tag_labels)},
+            // Histograms are merged when the admin endpoint is read, so a test sees every sample.
+            "stats_flush_on_admin": true,
+            "static_resources": {
+                "listeners": [{
+                    "name": "gateway",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "gateway",
+                            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": self.routes}]},
+                            "http_filters": filters
+                        }
+                    }]}]
+                }],
+                "clusters": self.clusters
+            }
+        })
+        .to_string()
+    }
+}
+
+/// The `stats_config.stats_tags` entries that turn the metrics filter's dotted stat names
+/// into Prometheus labels. The pairs before the label are skipped two dot-separated
+/// segments at a time, so only a label name in a name position can match (never a value).
+pub fn stats_tags(labels: &[String]) -> Value {
+    labels
+        .iter()
+        .map(|label| json!({"tag_name": label, "regex": stats_tag_regex(label)}))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+pub fn stats_tag_regex(label: &str) -> String {
+    format!(r"^wasmcustom\.gateway_[a-z_]+(?:\.[^.]+\.[^.]+)*?(\.{label}\.([^.]+))(?:\.|$)")
+}

@@ -1,0 +1,12 @@
+//! Harness for running the gateway for real: an Envoy process with our `.wasm` filters,
+//! HTTP backends, rendered configs, and a small HTTP client. Used by the integration tests,
+//! the demo backends and the benchmark.
+
+pub mod backend;
+pub mod client;
+pub mod demo;
+pub mod envoy;
+pub mod gateway;
+pub mod paths;
+pub mod prometheus_text;
+pub mod scratch;

@@ -1,0 +1,349 @@
+//! The metrics filter in a real Envoy, against real backends.
+
+use integration_tests::backend::Backend;
+use integration_tests::client;
+use integration_tests::envoy::Envoy;
+use integration_tests::gateway::Gateway;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+const REQUESTS: &str = "gateway_requests_total";
+
+struct Setup {
+    envoy: Envoy,
+    users: Backend,
+    orders: Backend,
+}
+
+/// Two named routes to two clusters, Envoy with `concurrency` workers, metrics configured
+/// with `config`.
+fn gateway(config: Value, concurrency: u32, extra_tags: &[&str]) -> Setup {
+    let users = Backend::echo("users");
+    let orders = Backend::echo("orders");
+    let mut gateway = Gateway::new()
+        .cluster("users_svc", &[users.port()])
+        .cluster("orders_svc", &[orders.port()])
+        .route("users", "/users", "users_svc")
+        .route("orders", "/orders", "orders_svc")
+        .wasm_filter("metrics", config);
+    for tag in extra_tags {
+        gateway = gateway.tag_label(tag);
+    }
+    let envoy = Envoy::start(&gateway.render(), concurrency);
+    Setup {
+        envoy,
+        users,
+        orders,
+    }
+}
+
+fn send(envoy: &Envoy, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    client::request(method, &format!("{}{path}", envoy.url()), headers).status
+}
+
+#[test]
+fn counts_every_request_by_route_upstream_method_code_and_consumer() {
+    let setup = gateway(json!({}), 2, &[]);
+    let envoy = &setup.envoy;
+    for _ in 0..3 {
+        assert_eq!(
+            send(envoy, "GET", "/users/1", &[("x-gateway-consumer", "alice")]),
+            200
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            send(
+                envoy,
+                "GET",
+                "/orders?status=503",
+                &[("x-gateway-consumer", "bob")]
+            ),
+            503
+        );
+    }
+    assert_eq!(send(envoy, "POST", "/users", &[]), 200);
+    for _ in 0..4 {
+        // No route: Envoy's own 404 local reply is counted too.
+        assert_eq!(send(envoy, "GET", "/nowhere", &[]), 404);
+    }
+    assert_eq!(setup.users.hits(), 4);
+    assert_eq!(setup.orders.hits(), 2);
+
+    let mut series: Vec<(String, String, String, String, String, f64)> = envoy
+        .series(REQUESTS)
+        .into_iter()
+        .map(|s| {
+            let l = |name: &str| s.labels.get(name).cloned().unwrap_or_default();
+            (
+                l("route"),
+                l("upstream"),
+                l("method"),
+                l("code"),
+                l("consumer"),
+                s.value,
+            )
+        })
+        .collect();
+    series.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let expected = [
+        ("none", "none", "GET", "404", "anonymous", 4.0),
+        ("orders", "orders_svc", "GET", "503", "bob", 2.0),
+        ("users", "users_svc", "GET", "200", "alice", 3.0),
+        ("users", "users_svc", "POST", "200", "anonymous", 1.0),
+    ]
+    .map(|(r, u, m, c, who, n)| (r.into(), u.into(), m.into(), c.into(), who.into(), n));
+    assert_eq!(series, expected);
+
+    // The duration histogram has one sample per request, per route and upstream.
+    let count = |route: &str, upstream: &str| {
+        envoy.sample(
+            "gateway_request_duration_milliseconds_count",
+            &[("route", route), ("upstream", upstream)],
+        )
+    };
+    assert_eq!(count("users", "users_svc"), 4.0);
+    assert_eq!(count("orders", "orders_svc"), 2.0);
+    assert_eq!(count("none", "none"), 4.0);
+    let buckets = envoy.series("gateway_request_duration_milliseconds_bucket");
+    assert!(
+        buckets
+            .iter()
+            .any(|b| b.has(&[("route", "users"), ("le", "+Inf")]) && b.value == 4.0),
+        "{buckets:?}"
+    );
+
+    // Byte counters: every request and response has at least a request line and a status line.
+    let request_bytes = envoy.sample("gateway_request_bytes_total", &[("route", "users")]);
+    let response_bytes = envoy.sample("gateway_response_bytes_total", &[("route", "users")]);
+    assert!(request_bytes >= 4.0 * 16.0, "request bytes {request_bytes}");
+    assert!(
+        response_bytes >= 4.0 * 100.0,
+        "response bytes {response_bytes}"
+    );
+    assert!(envoy
+        .series("gateway_metrics_label_overflow_total")
+        .is_empty());
+}
+
+#[test]
+fn family_names_have_no_envoy_prefix_and_labels_are_real() {
+    let setup = gateway(json!({}), 1, &[]);
+    send(&setup.envoy, "GET", "/users", &[]);
+    let text = setup.envoy.prometheus_text();
+    assert!(
+        text.contains("# TYPE gateway_requests_total counter"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE gateway_request_duration_milliseconds histogram"));
+    assert!(text.contains("# TYPE gateway_request_bytes_total counter"));
+    assert!(text.contains("# TYPE gateway_response_bytes_total counter"));
+    assert!(
+        !text.contains("envoy_gateway_"),
+        "families must not carry the envoy_ prefix"
+    );
+    assert!(!text.contains("wasmcustom"));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("gateway_requests_total{"))
+        .unwrap();
+    assert_eq!(
+        line,
+        r#"gateway_requests_total{route="users",upstream="users_svc",method="GET",code="200",consumer="anonymous"} 1"#
+    );
+}
+
+/// With two workers and connections spread over both, the cap on distinct consumer values
+/// holds for the whole Envoy, not per worker.
+#[test]
+fn values_over_the_cap_become_other_across_two_workers() {
+    const CAP: usize = 5;
+    const CONSUMERS: usize = 30;
+    const ROUNDS: usize = 2;
+    let setup = gateway(json!({"max_values": {"consumer": CAP}}), 2, &[]);
+    let url = format!("{}/users", setup.envoy.url());
+    let threads: Vec<_> = (0..CONSUMERS)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                for _ in 0..ROUNDS {
+                    // A new connection per request, so the kernel spreads them over both workers.
+                    let consumer = format!("consumer-{i}");
+                    assert_eq!(
+                        client::request("GET", &url, &[("x-gateway-consumer", &consumer)]).status,
+                        200
+                    );
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let envoy = &setup.envoy;
+
+    // Both workers took connections.
+    let per_worker: Vec<f64> = (0..2)
+        .map(|worker| {
+            envoy
+                .prometheus_text()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("envoy_listener_worker_downstream_cx_total{")
+                        && l.contains(&format!("worker_id=\"{worker}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        })
+        .collect();
+    assert!(
+        per_worker.iter().all(|&n| n > 0.0),
+        "connections per worker: {per_worker:?}"
+    );
+
+    let series = envoy.series(REQUESTS);
+    let named: BTreeSet<String> = series
+        .iter()
+        .map(|s| s.labels["consumer"].clone())
+        .filter(|c| c != "other")
+        .collect();
+    assert_eq!(named.len(), CAP, "admitted consumers: {named:?}");
+    let total: f64 = series.iter().map(|s| s.value).sum();
+    assert_eq!(total, (CONSUMERS * ROUNDS) as f64);
+    // Every admitted consumer keeps its name on every request.
+    for consumer in &named {
+        assert_eq!(
+            envoy.sample(REQUESTS, &[("consumer", consumer)]),
+            ROUNDS as f64,
+            "{consumer}"
+        );
+    }
+    let other = envoy.sample(REQUESTS, &[("consumer", "other")]);
+    assert_eq!(other, ((CONSUMERS - CAP) * ROUNDS) as f64);
+    assert_eq!(
+        envoy.sample(
+            "gateway_metrics_label_overflow_total",
+            &[("label", "consumer")]
+        ),
+        other
+    );
+}
+
+#[test]
+fn extra_labels_come_from_headers_with_allowed_values() {
+    let config = json!({
+        "extra_labels": [
+            {"name": "plan", "header": "x-plan", "allowed_values": ["free", "pro"]},
+            {"name": "tenant", "header": "x-tenant", "missing_value": "unknown"}
+        ]
+    });
+    let setup = gateway(config, 1, &["plan", "tenant"]);
+    let envoy = &setup.envoy;
+    send(
+        envoy,
+        "GET",
+        "/users",
+        &[("x-plan", "pro"), ("x-tenant", "acme")],
+    );
+    send(
+        envoy,
+        "GET",
+        "/users",
+        &[("x-plan", "gold"), ("x-tenant", "acme")],
+    );
+    send(envoy, "GET", "/users", &[]);
+    assert_eq!(
+        envoy.sample(REQUESTS, &[("plan", "pro"), ("tenant", "acme")]),
+        1.0
+    );
+    assert_eq!(
+        envoy.sample(REQUESTS, &[("plan", "other"), ("tenant", "acme")]),
+        1.0
+    );
+    assert_eq!(
+        envoy.sample(REQUESTS, &[("plan", "none"), ("tenant", "unknown")]),
+        1.0
+    );
+    assert_eq!(
+        envoy.sample("gateway_metrics_label_overflow_total", &[("label", "plan")]),
+        1.0
+    );
+}
+
+#[test]
+fn hostile_header_values_cannot_forge_labels() {
+    let setup = gateway(json!({}), 1, &[]);
+    let envoy = &setup.envoy;
+    let long = "z".repeat(500);
+    for consumer in ["evil.code.500", "a\"b", long.as_str()] {
+        assert_eq!(
+            send(envoy, "GET", "/users", &[("x-gateway-consumer", consumer)]),
+            200,
+            "{consumer}"
+        );
+    }
+    // Bytes a client library refuses to send: UTF-8 and invalid UTF-8. Envoy forwards them;
+    // the backend may refuse them (Envoy then answers 503), and either outcome is counted.
+    let mut raw_codes = BTreeSet::new();
+    for value in ["\u{fc}n\u{ef}code".as_bytes(), &[b'b', 0xff, 0xfe, b'c']] {
+        let mut head = b"GET /users HTTP/1.1\r\nhost: gateway\r\nx-gateway-consumer: ".to_vec();
+        head.extend_from_slice(value);
+        let status = client::raw_request(&envoy.url(), &head).status;
+        assert_ne!(status, 0, "Envoy must answer");
+        raw_codes.insert(status.to_string());
+    }
+    let consumers: BTreeSet<String> = envoy
+        .series(REQUESTS)
+        .iter()
+        .map(|s| s.labels["consumer"].clone())
+        .collect();
+    let expected: BTreeSet<String> = ["evil_code_500", "a_b", &"z".repeat(64), "__n__code", "b__c"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(consumers, expected);
+    // Every series still has exactly the five labels and a real status code.
+    for series in envoy.series(REQUESTS) {
+        assert_eq!(series.labels.len(), 5, "{series:?}");
+        let code = &series.labels["code"];
+        assert!(code == "200" || raw_codes.contains(code), "{series:?}");
+    }
+    assert_eq!(envoy.sample(REQUESTS, &[]), 5.0);
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_the_field_named() {
+    let cases = [
+        (
+            json!({"consumer_heder": "x-consumer"}),
+            "invalid configuration at `consumer_heder`: unknown field",
+        ),
+        (
+            json!({"default_max_values": "many"}),
+            "invalid configuration at `default_max_values`: invalid type",
+        ),
+        (
+            json!({"max_values": {"consumer": 0}}),
+            "invalid configuration at `max_values.consumer`: must be between 1 and 10000",
+        ),
+    ];
+    for (config, expected) in cases {
+        let backend = Backend::echo("users");
+        let rendered = Gateway::new()
+            .cluster("users_svc", &[backend.port()])
+            .route("users", "/users", "users_svc")
+            .wasm_filter("metrics", config.clone())
+            .render();
+        match Envoy::try_start(&rendered, 1) {
+            Ok(mut envoy) => panic!(
+                "Envoy accepted {config} (running: {}); log:\n{}",
+                envoy.is_running(),
+                envoy.log()
+            ),
+            Err(error) => assert!(
+                error.contains(expected),
+                "expected `{expected}` in:\n{error}"
+            ),
+        }
+    }
+}
