@@ -28,17 +28,11 @@ pub struct BackendRequest {
 
 impl BackendRequest {
     pub fn query_param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.query.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -89,22 +83,14 @@ impl Backend {
                 }
             })
         };
-        Ok(Backend {
-            port,
-            hits,
-            stopping,
-            acceptor: Some(acceptor),
-        })
+        Ok(Backend { port, hits, stopping, acceptor: Some(acceptor) })
     }
 
     /// The echo backend on a free loopback port; `name` appears in its answers.
     pub fn echo(name: &str) -> Backend {
         let name = name.to_string();
-        Backend::start(
-            "127.0.0.1:0",
-            Arc::new(move |request| echo_response(&name, request)),
-        )
-        .unwrap_or_else(|e| panic!("cannot start backend: {e}"))
+        Backend::start("127.0.0.1:0", Arc::new(move |request| echo_response(&name, request)))
+            .unwrap_or_else(|e| panic!("cannot start backend: {e}"))
     }
 
     pub fn port(&self) -> u16 {
@@ -150,14 +136,15 @@ fn serve_connection(
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(status) => {
-                let _ = writer.write_all(format!("HTTP/1.1 {status} Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
+                let _ = writer.write_all(
+                    format!("HTTP/1.1 {status} Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
                 return;
             }
         };
         hits.fetch_add(1, Ordering::SeqCst);
-        let close = request
-            .header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let close = request.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let response = handler(&request);
         if !response.delay.is_zero() {
             std::thread::sleep(response.delay);
@@ -184,11 +171,8 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Result<Option<BackendReque
     let mut head = Vec::new();
     loop {
         let before = head.len();
-        let read = reader
-            .by_ref()
-            .take((MAX_HEAD_BYTES + 1 - before) as u64)
-            .read_until(b'\n', &mut head)
-            .map_err(|_| 400u16);
+        let read =
+            reader.by_ref().take((MAX_HEAD_BYTES + 1 - before) as u64).read_until(b'\n', &mut head).map_err(|_| 400u16);
         match read {
             Ok(0) if head.is_empty() => return Ok(None),
             Ok(0) | Err(_) => return if head.is_empty() { Ok(None) } else { Err(400) },
@@ -212,17 +196,8 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Result<Option<BackendReque
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
         .collect();
     let (path, query) = split_url(target);
-    let mut request = BackendRequest {
-        method: method.to_string(),
-        path,
-        query,
-        headers,
-        body: Vec::new(),
-    };
-    if request
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
+    let mut request = BackendRequest { method: method.to_string(), path, query, headers, body: Vec::new() };
+    if request.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         request.body = read_chunked(reader)?;
     } else if let Some(length) = request.header("content-length") {
         let length: usize = length.parse().map_err(|_| 400u16)?;
@@ -238,8 +213,7 @@ fn read_chunked(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, u16> {
     loop {
         let mut size_line = String::new();
         reader.read_line(&mut size_line).map_err(|_| 400u16)?;
-        let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| 400u16)?;
+        let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16).map_err(|_| 400u16)?;
         if size == 0 {
             // Trailers (ignored) end with an empty line.
             loop {
@@ -290,19 +264,10 @@ fn split_url(url: &str) -> (String, Vec<(String, String)>) {
 
 /// `{"service", "method", "path", "query", "headers"}`, shaped by the knobs.
 fn echo_response(name: &str, request: &BackendRequest) -> BackendResponse {
-    let status = request
-        .query_param("status")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    let delay = request
-        .query_param("delay_ms")
-        .and_then(|s| s.parse().ok())
-        .map(Duration::from_millis)
-        .unwrap_or_default();
-    let size: usize = request
-        .query_param("size")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = request.query_param("status").and_then(|s| s.parse().ok()).unwrap_or(200);
+    let delay =
+        request.query_param("delay_ms").and_then(|s| s.parse().ok()).map(Duration::from_millis).unwrap_or_default();
+    let size: usize = request.query_param("size").and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut body = serde_json::json!({
         "service": name,
         "method": request.method,

@@ -14,22 +14,16 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build()
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build()
 }
 
 pub fn get(url: &str) -> Response {
@@ -45,31 +39,17 @@ pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Response {
     let response = match request.call() {
         Ok(response) => response,
         Err(ureq::Error::Status(_, response)) => response,
-        Err(error) => {
-            return Response {
-                status: 0,
-                headers: vec![],
-                body: error.to_string().into_bytes(),
-            }
-        }
+        Err(error) => return Response { status: 0, headers: vec![], body: error.to_string().into_bytes() },
     };
     let status = response.status();
     let headers = response
         .headers_names()
         .into_iter()
-        .filter_map(|name| {
-            response
-                .header(&name)
-                .map(|value| (name.clone(), value.to_string()))
-        })
+        .filter_map(|name| response.header(&name).map(|value| (name.clone(), value.to_string())))
         .collect();
     let mut body = Vec::new();
     let _ = std::io::Read::read_to_end(&mut response.into_reader(), &mut body);
-    Response {
-        status,
-        headers,
-        body,
-    }
+    Response { status, headers, body }
 }
 
 /// Sends `head` (request line and headers, without the blank line) as raw bytes over a new
@@ -79,39 +59,23 @@ pub fn raw_request(base_url: &str, head: &[u8]) -> Response {
     use std::io::{Read, Write};
     let address = base_url.trim_start_matches("http://");
     let Ok(mut stream) = std::net::TcpStream::connect(address) else {
-        return Response {
-            status: 0,
-            headers: vec![],
-            body: b"connect failed".to_vec(),
-        };
+        return Response { status: 0, headers: vec![], body: b"connect failed".to_vec() };
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut request = head.to_vec();
     request.extend_from_slice(b"\r\nconnection: close\r\n\r\n");
     if stream.write_all(&request).is_err() {
-        return Response {
-            status: 0,
-            headers: vec![],
-            body: b"write failed".to_vec(),
-        };
+        return Response { status: 0, headers: vec![], body: b"write failed".to_vec() };
     }
     let mut raw = Vec::new();
     let _ = stream.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
     let headers = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
         .collect();
-    Response {
-        status,
-        headers,
-        body: body.as_bytes().to_vec(),
-    }
+    Response { status, headers, body: body.as_bytes().to_vec() }
 }

@@ -16,9 +16,7 @@ pub fn handler(service: &str) -> Option<Handler> {
         _ => return None,
     };
     let service = service.to_string();
-    Some(Arc::new(move |request: &BackendRequest| {
-        respond(&service, &data, request)
-    }))
+    Some(Arc::new(move |request: &BackendRequest| respond(&service, &data, request)))
 }
 
 fn users() -> Value {
@@ -55,33 +53,23 @@ fn respond(service: &str, data: &Value, request: &BackendRequest) -> BackendResp
         return BackendResponse::json(405, &json!({"error": "method_not_allowed"}));
     }
     let items = data.as_array().cloned().unwrap_or_default();
-    let rest = request
-        .path
-        .strip_prefix(&format!("/{service}"))
-        .map(|r| r.trim_matches('/'));
+    let rest = request.path.strip_prefix(&format!("/{service}")).map(|r| r.trim_matches('/'));
     let key = if service == "inventory" { "sku" } else { "id" };
     match rest {
         Some("") => {
             let filtered: Vec<Value> = match request.query_param("user_id") {
-                Some(user) => items
-                    .into_iter()
-                    .filter(|item| item["user_id"] == user)
-                    .collect(),
+                Some(user) => items.into_iter().filter(|item| item["user_id"] == user).collect(),
                 None => items,
             };
             BackendResponse::json(200, &json!({service: filtered}))
         }
         Some(id) => match items.into_iter().find(|item| item[key] == id) {
             Some(item) => BackendResponse::json(200, &item),
-            None => BackendResponse::json(
-                404,
-                &json!({"error": "not_found", "message": format!("no {service} item {id}")}),
-            ),
+            None => {
+                BackendResponse::json(404, &json!({"error": "not_found", "message": format!("no {service} item {id}")}))
+            }
         },
-        None => BackendResponse::json(
-            404,
-            &json!({"error": "not_found", "message": format!("try /{service}")}),
-        ),
+        None => BackendResponse::json(404, &json!({"error": "not_found", "message": format!("try /{service}")})),
     }
 }
 
@@ -96,27 +84,12 @@ mod tests {
         let users = Backend::start("127.0.0.1:0", handler("users").unwrap()).unwrap();
         let orders = Backend::start("127.0.0.1:0", handler("orders").unwrap()).unwrap();
         let base = |b: &Backend| format!("http://127.0.0.1:{}", b.port());
-        assert_eq!(
-            client::get(&format!("{}/users/2", base(&users))).json()["name"],
-            "Alan Turing"
-        );
-        assert_eq!(
-            client::get(&format!("{}/users", base(&users))).json()["users"]
-                .as_array()
-                .unwrap()
-                .len(),
-            3
-        );
-        assert_eq!(
-            client::get(&format!("{}/users/9", base(&users))).status,
-            404
-        );
+        assert_eq!(client::get(&format!("{}/users/2", base(&users))).json()["name"], "Alan Turing");
+        assert_eq!(client::get(&format!("{}/users", base(&users))).json()["users"].as_array().unwrap().len(), 3);
+        assert_eq!(client::get(&format!("{}/users/9", base(&users))).status, 404);
         let mine = client::get(&format!("{}/orders?user_id=1", base(&orders))).json();
         assert_eq!(mine["orders"].as_array().unwrap().len(), 2);
-        assert_eq!(
-            client::request("POST", &format!("{}/orders", base(&orders)), &[]).status,
-            405
-        );
+        assert_eq!(client::request("POST", &format!("{}/orders", base(&orders)), &[]).status, 405);
         assert!(handler("nope").is_none());
     }
 }

@@ -37,8 +37,7 @@ impl Envoy {
         let admin_path = scratch.path().join("admin-address");
         let log_path = scratch.path().join("envoy.log");
         std::fs::write(&config_path, config).map_err(|e| format!("cannot write config: {e}"))?;
-        let log =
-            std::fs::File::create(&log_path).map_err(|e| format!("cannot create log: {e}"))?;
+        let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create log: {e}"))?;
         let child = Command::new(&binary)
             .arg("--config-path")
             .arg(&config_path)
@@ -58,12 +57,7 @@ impl Envoy {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let mut envoy = Envoy {
-            child,
-            scratch,
-            admin: String::new(),
-            listeners: Vec::new(),
-        };
+        let mut envoy = Envoy { child, scratch, admin: String::new(), listeners: Vec::new() };
         envoy.wait_until_ready()?;
         Ok(envoy)
     }
@@ -73,16 +67,10 @@ impl Envoy {
         let admin_path = self.scratch.path().join("admin-address");
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!(
-                    "Envoy exited during startup ({status}); its log:\n{}",
-                    self.log()
-                ));
+                return Err(format!("Envoy exited during startup ({status}); its log:\n{}", self.log()));
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "Envoy not ready after {STARTUP_TIMEOUT:?}; its log:\n{}",
-                    self.log()
-                ));
+                return Err(format!("Envoy not ready after {STARTUP_TIMEOUT:?}; its log:\n{}", self.log()));
             }
             if self.admin.is_empty() {
                 if let Ok(address) = std::fs::read_to_string(&admin_path) {
@@ -103,10 +91,7 @@ impl Envoy {
     /// Listener name and the port the kernel gave it, from admin `/listeners`.
     fn read_listeners(&self) -> Result<Vec<(String, u16)>, String> {
         let body = client::get(&format!("http://{}/listeners?format=json", self.admin)).json();
-        let listeners = body["listener_statuses"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        let listeners = body["listener_statuses"].as_array().cloned().unwrap_or_default();
         listeners
             .iter()
             .map(|listener| {
@@ -130,11 +115,7 @@ impl Envoy {
 
     /// The URL of the only (or first) listener.
     pub fn url(&self) -> String {
-        let name = self
-            .listeners
-            .first()
-            .map(|(name, _)| name.clone())
-            .unwrap_or_default();
+        let name = self.listeners.first().map(|(name, _)| name.clone()).unwrap_or_default();
         self.listener_url(&name)
     }
 
@@ -162,11 +143,21 @@ impl Envoy {
 
     /// The sum over all series of `family` whose labels include all of `labels`.
     pub fn sample(&self, family: &str, labels: &[(&str, &str)]) -> f64 {
-        self.series(family)
-            .iter()
-            .filter(|series| series.has(labels))
-            .map(|series| series.value)
-            .sum()
+        self.series(family).iter().filter(|series| series.has(labels)).map(|series| series.value).sum()
+    }
+
+    /// Like [`Envoy::sample`], but waits (up to 10 s) for the value to become `expected`:
+    /// Envoy merges histograms from the workers asynchronously after a flush, so a first read
+    /// can be one merge behind. Returns the last value read.
+    pub fn eventually_sample(&self, family: &str, labels: &[(&str, &str)], expected: f64) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.sample(family, labels);
+            if value == expected || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Whether Envoy is still running (a config it rejected at runtime may make it exit).
@@ -180,11 +171,7 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "----- Envoy log ({}) -----\n{}",
-                self.scratch.path().display(),
-                self.log()
-            );
+            eprintln!("----- Envoy log ({}) -----\n{}", self.scratch.path().display(), self.log());
         }
     }
 }
@@ -193,22 +180,13 @@ impl Drop for Envoy {
 pub fn validate(config_path: &std::path::Path) -> Result<(), String> {
     let binary = paths::envoy_binary();
     let output = Command::new(&binary)
-        .args([
-            "--mode",
-            "validate",
-            "--disable-hot-restart",
-            "--config-path",
-        ])
+        .args(["--mode", "validate", "--disable-hot-restart", "--config-path"])
         .arg(config_path)
         .output()
         .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
+        Err(format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
     }
 }

@@ -48,9 +48,7 @@ impl Gateway {
 
     /// A named route: requests whose path starts with `prefix` go to `cluster`.
     pub fn route(mut self, name: &str, prefix: &str, cluster: &str) -> Gateway {
-        self.routes.push(
-            json!({"name": name, "match": {"prefix": prefix}, "route": {"cluster": cluster}}),
-        );
+        self.routes.push(json!({"name": name, "match": {"prefix": prefix}, "route": {"cluster": cluster}}));
         self
     }
 
@@ -69,13 +67,7 @@ impl Gateway {
         self.wasm_filter_at(module, &path, configuration, "FAIL_CLOSED")
     }
 
-    pub fn wasm_filter_at(
-        mut self,
-        name: &str,
-        path: &Path,
-        configuration: Value,
-        failure_policy: &str,
-    ) -> Gateway {
+    pub fn wasm_filter_at(mut self, name: &str, path: &Path, configuration: Value, failure_policy: &str) -> Gateway {
         self.filters.push(json!({
             "name": name,
             "typed_config": {
@@ -147,11 +139,7 @@ impl Gateway {
 /// into Prometheus labels. The pairs before the label are skipped two dot-separated
 /// segments at a time, so only a label name in a name position can match (never a value).
 pub fn stats_tags(labels: &[String]) -> Value {
-    labels
-        .iter()
-        .map(|label| json!({"tag_name": label, "regex": stats_tag_regex(label)}))
-        .collect::<Vec<_>>()
-        .into()
+    labels.iter().map(|label| json!({"tag_name": label, "regex": stats_tag_regex(label)})).collect::<Vec<_>>().into()
 }
 
 pub fn stats_tag_regex(label: &str) -> String {

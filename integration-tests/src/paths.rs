@@ -4,10 +4,7 @@ use std::path::{Path, PathBuf};
 
 /// The repository root (this crate lives one level below it).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// `$ENVOY_BIN`, else the binary that `make setup` installs into the project virtualenv.
@@ -21,9 +18,7 @@ pub fn envoy_binary() -> PathBuf {
 /// The release build of a filter module, e.g. `wasm_module("metrics")`. Fails with the
 /// command to run when it has not been built: a missing module never skips a test.
 pub fn wasm_module(name: &str) -> PathBuf {
-    let path = repo_root()
-        .join("target/wasm32-wasip1/release")
-        .join(format!("{name}.wasm"));
+    let path = repo_root().join("target/wasm32-wasip1/release").join(format!("{name}.wasm"));
     assert!(
         path.is_file(),
         "{} is missing: build the filters first with `make wasm` (or run everything with `make test`)",
@@ -42,5 +37,7 @@ pub fn tool(name: &str, override_var: &str, install_hint: &str) -> PathBuf {
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("`{name}` is not installed: run `make setup` (or `{install_hint}`), or set {override_var}"))
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not installed: run `make setup` (or `{install_hint}`), or set {override_var}")
+        })
 }

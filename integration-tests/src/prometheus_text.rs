@@ -11,19 +11,13 @@ pub struct Series {
 
 impl Series {
     pub fn has(&self, labels: &[(&str, &str)]) -> bool {
-        labels
-            .iter()
-            .all(|(name, value)| self.labels.get(*name).map(String::as_str) == Some(*value))
+        labels.iter().all(|(name, value)| self.labels.get(*name).map(String::as_str) == Some(*value))
     }
 }
 
 /// The samples whose metric name is exactly `family`.
 pub fn parse(text: &str, family: &str) -> Vec<Series> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(parse_line)
-        .filter(|s| s.name == family)
-        .collect()
+    text.lines().filter(|line| !line.starts_with('#')).filter_map(parse_line).filter(|s| s.name == family).collect()
 }
 
 fn parse_line(line: &str) -> Option<Series> {
@@ -33,11 +27,7 @@ fn parse_line(line: &str) -> Option<Series> {
         None => (head, BTreeMap::new()),
         Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
     };
-    Some(Series {
-        name: name.to_string(),
-        labels,
-        value,
-    })
+    Some(Series { name: name.to_string(), labels, value })
 }
 
 /// `a="x",b="y\"z"` (Envoy escapes `\`, `"` and newlines in values).

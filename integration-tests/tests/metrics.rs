@@ -30,11 +30,7 @@ fn gateway(config: Value, concurrency: u32, extra_tags: &[&str]) -> Setup {
         gateway = gateway.tag_label(tag);
     }
     let envoy = Envoy::start(&gateway.render(), concurrency);
-    Setup {
-        envoy,
-        users,
-        orders,
-    }
+    Setup { envoy, users, orders }
 }
 
 fn send(envoy: &Envoy, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
@@ -46,21 +42,10 @@ fn counts_every_request_by_route_upstream_method_code_and_consumer() {
     let setup = gateway(json!({}), 2, &[]);
     let envoy = &setup.envoy;
     for _ in 0..3 {
-        assert_eq!(
-            send(envoy, "GET", "/users/1", &[("x-gateway-consumer", "alice")]),
-            200
-        );
+        assert_eq!(send(envoy, "GET", "/users/1", &[("x-gateway-consumer", "alice")]), 200);
     }
     for _ in 0..2 {
-        assert_eq!(
-            send(
-                envoy,
-                "GET",
-                "/orders?status=503",
-                &[("x-gateway-consumer", "bob")]
-            ),
-            503
-        );
+        assert_eq!(send(envoy, "GET", "/orders?status=503", &[("x-gateway-consumer", "bob")]), 503);
     }
     assert_eq!(send(envoy, "POST", "/users", &[]), 200);
     for _ in 0..4 {
@@ -75,14 +60,7 @@ fn counts_every_request_by_route_upstream_method_code_and_consumer() {
         .into_iter()
         .map(|s| {
             let l = |name: &str| s.labels.get(name).cloned().unwrap_or_default();
-            (
-                l("route"),
-                l("upstream"),
-                l("method"),
-                l("code"),
-                l("consumer"),
-                s.value,
-            )
+            (l("route"), l("upstream"), l("method"), l("code"), l("consumer"), s.value)
         })
         .collect();
     series.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -97,33 +75,20 @@ fn counts_every_request_by_route_upstream_method_code_and_consumer() {
 
     // The duration histogram has one sample per request, per route and upstream.
     let count = |route: &str, upstream: &str| {
-        envoy.sample(
-            "gateway_request_duration_milliseconds_count",
-            &[("route", route), ("upstream", upstream)],
-        )
+        envoy.sample("gateway_request_duration_milliseconds_count", &[("route", route), ("upstream", upstream)])
     };
     assert_eq!(count("users", "users_svc"), 4.0);
     assert_eq!(count("orders", "orders_svc"), 2.0);
     assert_eq!(count("none", "none"), 4.0);
     let buckets = envoy.series("gateway_request_duration_milliseconds_bucket");
-    assert!(
-        buckets
-            .iter()
-            .any(|b| b.has(&[("route", "users"), ("le", "+Inf")]) && b.value == 4.0),
-        "{buckets:?}"
-    );
+    assert!(buckets.iter().any(|b| b.has(&[("route", "users"), ("le", "+Inf")]) && b.value == 4.0), "{buckets:?}");
 
     // Byte counters: every request and response has at least a request line and a status line.
     let request_bytes = envoy.sample("gateway_request_bytes_total", &[("route", "users")]);
     let response_bytes = envoy.sample("gateway_response_bytes_total", &[("route", "users")]);
     assert!(request_bytes >= 4.0 * 16.0, "request bytes {request_bytes}");
-    assert!(
-        response_bytes >= 4.0 * 100.0,
-        "response bytes {response_bytes}"
-    );
-    assert!(envoy
-        .series("gateway_metrics_label_overflow_total")
-        .is_empty());
+    assert!(response_bytes >= 4.0 * 100.0, "response bytes {response_bytes}");
+    assert!(envoy.series("gateway_metrics_label_overflow_total").is_empty());
 }
 
 #[test]
@@ -131,22 +96,13 @@ fn family_names_have_no_envoy_prefix_and_labels_are_real() {
     let setup = gateway(json!({}), 1, &[]);
     send(&setup.envoy, "GET", "/users", &[]);
     let text = setup.envoy.prometheus_text();
-    assert!(
-        text.contains("# TYPE gateway_requests_total counter"),
-        "{text}"
-    );
+    assert!(text.contains("# TYPE gateway_requests_total counter"), "{text}");
     assert!(text.contains("# TYPE gateway_request_duration_milliseconds histogram"));
     assert!(text.contains("# TYPE gateway_request_bytes_total counter"));
     assert!(text.contains("# TYPE gateway_response_bytes_total counter"));
-    assert!(
-        !text.contains("envoy_gateway_"),
-        "families must not carry the envoy_ prefix"
-    );
+    assert!(!text.contains("envoy_gateway_"), "families must not carry the envoy_ prefix");
     assert!(!text.contains("wasmcustom"));
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("gateway_requests_total{"))
-        .unwrap();
+    let line = text.lines().find(|l| l.starts_with("gateway_requests_total{")).unwrap();
     assert_eq!(
         line,
         r#"gateway_requests_total{route="users",upstream="users_svc",method="GET",code="200",consumer="anonymous"} 1"#
@@ -169,10 +125,7 @@ fn values_over_the_cap_become_other_across_two_workers() {
                 for _ in 0..ROUNDS {
                     // A new connection per request, so the kernel spreads them over both workers.
                     let consumer = format!("consumer-{i}");
-                    assert_eq!(
-                        client::request("GET", &url, &[("x-gateway-consumer", &consumer)]).status,
-                        200
-                    );
+                    assert_eq!(client::request("GET", &url, &[("x-gateway-consumer", &consumer)]).status, 200);
                 }
             })
         })
@@ -196,37 +149,21 @@ fn values_over_the_cap_become_other_across_two_workers() {
                 .sum()
         })
         .collect();
-    assert!(
-        per_worker.iter().all(|&n| n > 0.0),
-        "connections per worker: {per_worker:?}"
-    );
+    assert!(per_worker.iter().all(|&n| n > 0.0), "connections per worker: {per_worker:?}");
 
     let series = envoy.series(REQUESTS);
-    let named: BTreeSet<String> = series
-        .iter()
-        .map(|s| s.labels["consumer"].clone())
-        .filter(|c| c != "other")
-        .collect();
+    let named: BTreeSet<String> =
+        series.iter().map(|s| s.labels["consumer"].clone()).filter(|c| c != "other").collect();
     assert_eq!(named.len(), CAP, "admitted consumers: {named:?}");
     let total: f64 = series.iter().map(|s| s.value).sum();
     assert_eq!(total, (CONSUMERS * ROUNDS) as f64);
     // Every admitted consumer keeps its name on every request.
     for consumer in &named {
-        assert_eq!(
-            envoy.sample(REQUESTS, &[("consumer", consumer)]),
-            ROUNDS as f64,
-            "{consumer}"
-        );
+        assert_eq!(envoy.sample(REQUESTS, &[("consumer", consumer)]), ROUNDS as f64, "{consumer}");
     }
     let other = envoy.sample(REQUESTS, &[("consumer", "other")]);
     assert_eq!(other, ((CONSUMERS - CAP) * ROUNDS) as f64);
-    assert_eq!(
-        envoy.sample(
-            "gateway_metrics_label_overflow_total",
-            &[("label", "consumer")]
-        ),
-        other
-    );
+    assert_eq!(envoy.sample("gateway_metrics_label_overflow_total", &[("label", "consumer")]), other);
 }
 
 #[test]
@@ -239,35 +176,13 @@ fn extra_labels_come_from_headers_with_allowed_values() {
     });
     let setup = gateway(config, 1, &["plan", "tenant"]);
     let envoy = &setup.envoy;
-    send(
-        envoy,
-        "GET",
-        "/users",
-        &[("x-plan", "pro"), ("x-tenant", "acme")],
-    );
-    send(
-        envoy,
-        "GET",
-        "/users",
-        &[("x-plan", "gold"), ("x-tenant", "acme")],
-    );
+    send(envoy, "GET", "/users", &[("x-plan", "pro"), ("x-tenant", "acme")]);
+    send(envoy, "GET", "/users", &[("x-plan", "gold"), ("x-tenant", "acme")]);
     send(envoy, "GET", "/users", &[]);
-    assert_eq!(
-        envoy.sample(REQUESTS, &[("plan", "pro"), ("tenant", "acme")]),
-        1.0
-    );
-    assert_eq!(
-        envoy.sample(REQUESTS, &[("plan", "other"), ("tenant", "acme")]),
-        1.0
-    );
-    assert_eq!(
-        envoy.sample(REQUESTS, &[("plan", "none"), ("tenant", "unknown")]),
-        1.0
-    );
-    assert_eq!(
-        envoy.sample("gateway_metrics_label_overflow_total", &[("label", "plan")]),
-        1.0
-    );
+    assert_eq!(envoy.sample(REQUESTS, &[("plan", "pro"), ("tenant", "acme")]), 1.0);
+    assert_eq!(envoy.sample(REQUESTS, &[("plan", "other"), ("tenant", "acme")]), 1.0);
+    assert_eq!(envoy.sample(REQUESTS, &[("plan", "none"), ("tenant", "unknown")]), 1.0);
+    assert_eq!(envoy.sample("gateway_metrics_label_overflow_total", &[("label", "plan")]), 1.0);
 }
 
 #[test]
@@ -276,11 +191,7 @@ fn hostile_header_values_cannot_forge_labels() {
     let envoy = &setup.envoy;
     let long = "z".repeat(500);
     for consumer in ["evil.code.500", "a\"b", long.as_str()] {
-        assert_eq!(
-            send(envoy, "GET", "/users", &[("x-gateway-consumer", consumer)]),
-            200,
-            "{consumer}"
-        );
+        assert_eq!(send(envoy, "GET", "/users", &[("x-gateway-consumer", consumer)]), 200, "{consumer}");
     }
     // Bytes a client library refuses to send: UTF-8 and invalid UTF-8. Envoy forwards them;
     // the backend may refuse them (Envoy then answers 503), and either outcome is counted.
@@ -292,15 +203,9 @@ fn hostile_header_values_cannot_forge_labels() {
         assert_ne!(status, 0, "Envoy must answer");
         raw_codes.insert(status.to_string());
     }
-    let consumers: BTreeSet<String> = envoy
-        .series(REQUESTS)
-        .iter()
-        .map(|s| s.labels["consumer"].clone())
-        .collect();
-    let expected: BTreeSet<String> = ["evil_code_500", "a_b", &"z".repeat(64), "__n__code", "b__c"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let consumers: BTreeSet<String> = envoy.series(REQUESTS).iter().map(|s| s.labels["consumer"].clone()).collect();
+    let expected: BTreeSet<String> =
+        ["evil_code_500", "a_b", &"z".repeat(64), "__n__code", "b__c"].into_iter().map(String::from).collect();
     assert_eq!(consumers, expected);
     // Every series still has exactly the five labels and a real status code.
     for series in envoy.series(REQUESTS) {
@@ -314,14 +219,8 @@ fn hostile_header_values_cannot_forge_labels() {
 #[test]
 fn a_bad_configuration_is_refused_with_the_field_named() {
     let cases = [
-        (
-            json!({"consumer_heder": "x-consumer"}),
-            "invalid configuration at `consumer_heder`: unknown field",
-        ),
-        (
-            json!({"default_max_values": "many"}),
-            "invalid configuration at `default_max_values`: invalid type",
-        ),
+        (json!({"consumer_heder": "x-consumer"}), "invalid configuration at `consumer_heder`: unknown field"),
+        (json!({"default_max_values": "many"}), "invalid configuration at `default_max_values`: invalid type"),
         (
             json!({"max_values": {"consumer": 0}}),
             "invalid configuration at `max_values.consumer`: must be between 1 and 10000",
@@ -335,15 +234,8 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
             .wasm_filter("metrics", config.clone())
             .render();
         match Envoy::try_start(&rendered, 1) {
-            Ok(mut envoy) => panic!(
-                "Envoy accepted {config} (running: {}); log:\n{}",
-                envoy.is_running(),
-                envoy.log()
-            ),
-            Err(error) => assert!(
-                error.contains(expected),
-                "expected `{expected}` in:\n{error}"
-            ),
+            Ok(mut envoy) => panic!("Envoy accepted {config} (running: {}); log:\n{}", envoy.is_running(), envoy.log()),
+            Err(error) => assert!(error.contains(expected), "expected `{expected}` in:\n{error}"),
         }
     }
 }

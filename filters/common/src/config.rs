@@ -17,22 +17,13 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error found while validating an already parsed value.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            field: field.into(),
-            message: message.into(),
-            line: 0,
-            column: 0,
-        }
+        ConfigError { field: field.into(), message: message.into(), line: 0, column: 0 }
     }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid configuration at `{}`: {}",
-            self.field, self.message
-        )?;
+        write!(f, "invalid configuration at `{}`: {}", self.field, self.message)?;
         if self.line > 0 {
             write!(f, " (line {}, column {})", self.line, self.column)?;
         }
@@ -45,21 +36,12 @@ impl std::error::Error for ConfigError {}
 /// Parses the plugin configuration. An absent or blank configuration means `{}`, so every
 /// filter can run on its defaults.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
-    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        bytes
-    };
+    let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { bytes };
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let field = error.path().to_string();
         let inner = error.into_inner();
-        ConfigError {
-            field,
-            message: strip_position(&inner.to_string()),
-            line: inner.line(),
-            column: inner.column(),
-        }
+        ConfigError { field, message: strip_position(&inner.to_string()), line: inner.line(), column: inner.column() }
     })?;
     deserializer.end().map_err(|error| ConfigError {
         field: ".".into(),
@@ -101,32 +83,18 @@ mod tests {
     #[test]
     fn blank_configuration_means_defaults() {
         let parsed: Outer = parse_json(b"  \n").unwrap();
-        assert_eq!(
-            parsed,
-            Outer {
-                items: vec![],
-                limit: 0
-            }
-        );
+        assert_eq!(parsed, Outer { items: vec![], limit: 0 });
     }
 
     #[test]
     fn unknown_field_is_named_with_its_path_and_position() {
-        let error = parse_json::<Outer>(b"{\n  \"items\": [{\"header\": \"x\", \"hedaer\": 1}]\n}")
-            .unwrap_err();
+        let error = parse_json::<Outer>(b"{\n  \"items\": [{\"header\": \"x\", \"hedaer\": 1}]\n}").unwrap_err();
         assert_eq!(error.field, "items[0].hedaer");
-        assert!(
-            error.message.starts_with("unknown field `hedaer`"),
-            "{}",
-            error.message
-        );
+        assert!(error.message.starts_with("unknown field `hedaer`"), "{}", error.message);
         assert_eq!(error.line, 2);
         assert_eq!(
             error.to_string(),
-            format!(
-                "invalid configuration at `items[0].hedaer`: {} (line 2, column {})",
-                error.message, error.column
-            )
+            format!("invalid configuration at `items[0].hedaer`: {} (line 2, column {})", error.message, error.column)
         );
     }
 
@@ -141,11 +109,7 @@ mod tests {
     fn trailing_garbage_is_rejected() {
         let error = parse_json::<Outer>(br#"{"limit": 1} x"#).unwrap_err();
         assert_eq!(error.field, ".");
-        assert!(
-            error.message.contains("trailing characters"),
-            "{}",
-            error.message
-        );
+        assert!(error.message.contains("trailing characters"), "{}", error.message);
     }
 
     #[test]

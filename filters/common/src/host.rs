@@ -12,10 +12,7 @@ pub struct HostSharedData;
 impl SharedStore for HostSharedData {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         match hostcalls::get_shared_data(key) {
-            Ok((value, Some(cas))) => Ok(Some(Versioned {
-                value: value.unwrap_or_default(),
-                cas,
-            })),
+            Ok((value, Some(cas))) => Ok(Some(Versioned { value: value.unwrap_or_default(), cas })),
             // The SDK reports an empty stored value as `None`; only a missing CAS means "no key".
             Ok((Some(value), None)) => Ok(Some(Versioned { value, cas: 0 })),
             Ok((None, None)) => Ok(None),

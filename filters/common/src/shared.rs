@@ -95,10 +95,7 @@ pub fn update<T>(
     mut decide: impl FnMut(&[u8]) -> Step<T>,
 ) -> Result<T, UpdateError> {
     for _ in 0..max_attempts {
-        let current = store
-            .get(key)
-            .map_err(UpdateError::Store)?
-            .ok_or(UpdateError::Missing)?;
+        let current = store.get(key).map_err(UpdateError::Store)?.ok_or(UpdateError::Missing)?;
         match decide(&current.value) {
             Step::Keep(outcome) => return Ok(outcome),
             // CAS 0 would mean "unconditional"; the host never hands it out for a stored key.
@@ -109,9 +106,7 @@ pub fn update<T>(
             },
         }
     }
-    Err(UpdateError::Contended {
-        attempts: max_attempts,
-    })
+    Err(UpdateError::Contended { attempts: max_attempts })
 }
 
 #[cfg(test)]

@@ -14,18 +14,12 @@ pub struct MemoryStore {
 
 impl SharedStore for MemoryStore {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let state = self
-            .state
-            .lock()
-            .map_err(|_| StoreError::Host("poisoned".into()))?;
+        let state = self.state.lock().map_err(|_| StoreError::Host("poisoned".into()))?;
         Ok(state.0.get(key).cloned())
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| StoreError::Host("poisoned".into()))?;
+        let mut state = self.state.lock().map_err(|_| StoreError::Host("poisoned".into()))?;
         let (map, counter) = &mut *state;
         if let Some(existing) = map.get(key) {
             if cas != 0 && cas != existing.cas {
@@ -33,13 +27,7 @@ impl SharedStore for MemoryStore {
             }
         }
         *counter = counter.wrapping_add(1).max(1);
-        map.insert(
-            key.to_string(),
-            Versioned {
-                value: value.to_vec(),
-                cas: *counter,
-            },
-        );
+        map.insert(key.to_string(), Versioned { value: value.to_vec(), cas: *counter });
         Ok(())
     }
 }

@@ -47,11 +47,7 @@ impl LabelValues {
     /// Admits `value` if it is known or the cap still has room. A store failure is returned
     /// as the error so the caller can log it; the caller then treats the value as overflow,
     /// which keeps the cap whatever happens.
-    pub fn admit(
-        &mut self,
-        value: &str,
-        store: &dyn SharedStore,
-    ) -> Result<Admission, UpdateError> {
+    pub fn admit(&mut self, value: &str, store: &dyn SharedStore) -> Result<Admission, UpdateError> {
         if self.admitted.contains(value) {
             return Ok(Admission::Admitted);
         }
@@ -107,14 +103,7 @@ mod tests {
         assert_eq!(values.admit("bob", &store), Ok(Admission::Admitted));
         assert_eq!(values.admit("carol", &store), Ok(Admission::Overflow));
         assert_eq!(values.admit("alice", &store), Ok(Admission::Admitted));
-        assert_eq!(
-            store
-                .get("gateway_metrics.label_values.consumer")
-                .unwrap()
-                .unwrap()
-                .value,
-            b"alice\nbob"
-        );
+        assert_eq!(store.get("gateway_metrics.label_values.consumer").unwrap().unwrap().value, b"alice\nbob");
     }
 
     #[test]
@@ -183,19 +172,13 @@ mod tests {
                 })
             })
             .collect();
-        let per_worker: Vec<HashSet<String>> =
-            handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let final_list: HashSet<String> = String::from_utf8(
-            store
-                .get("gateway_metrics.label_values.consumer")
+        let per_worker: Vec<HashSet<String>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let final_list: HashSet<String> =
+            String::from_utf8(store.get("gateway_metrics.label_values.consumer").unwrap().unwrap().value)
                 .unwrap()
-                .unwrap()
-                .value,
-        )
-        .unwrap()
-        .split('\n')
-        .map(str::to_string)
-        .collect();
+                .split('\n')
+                .map(str::to_string)
+                .collect();
         assert_eq!(final_list.len(), MAX as usize);
         for admitted in per_worker {
             assert!(admitted.is_subset(&final_list));

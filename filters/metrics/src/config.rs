@@ -86,13 +86,13 @@ pub struct MetricsConfig {
 }
 
 /// Built-in labels: name, source, value used when the request has none.
-const BUILT_IN: [(&str, fn() -> LabelSource, &str); 5] = [
-    ("route", || LabelSource::Route, "none"),
-    ("upstream", || LabelSource::Upstream, "none"),
-    ("method", || LabelSource::Method, "none"),
+const BUILT_IN: [(&str, LabelSource, &str); 5] = [
+    ("route", LabelSource::Route, "none"),
+    ("upstream", LabelSource::Upstream, "none"),
+    ("method", LabelSource::Method, "none"),
     // 0 is what Envoy's access log prints for a stream that ended without a response.
-    ("code", || LabelSource::Code, "0"),
-    ("consumer", || LabelSource::Consumer, "anonymous"),
+    ("code", LabelSource::Code, "0"),
+    ("consumer", LabelSource::Consumer, "anonymous"),
 ];
 
 /// Label names that cannot be used for extra labels: Prometheus' own, and the overflow
@@ -117,7 +117,7 @@ fn compile(raw: RawConfig) -> Result<MetricsConfig, ConfigError> {
         .iter()
         .map(|(name, source, missing)| LabelSpec {
             name: (*name).to_string(),
-            source: source(),
+            source: source.clone(),
             max_values: raw.default_max_values,
             allowed_values: None,
             missing_value: (*missing).to_string(),
@@ -129,19 +129,11 @@ fn compile(raw: RawConfig) -> Result<MetricsConfig, ConfigError> {
         if !is_label_name(&extra.name) {
             return Err(ConfigError::field(
                 field("name"),
-                format!(
-                    "`{}` is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, no leading __)",
-                    extra.name
-                ),
+                format!("`{}` is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, no leading __)", extra.name),
             ));
         }
-        if RESERVED_LABELS.contains(&extra.name.as_str())
-            || labels.iter().any(|label| label.name == extra.name)
-        {
-            return Err(ConfigError::field(
-                field("name"),
-                format!("label `{}` is already defined", extra.name),
-            ));
+        if RESERVED_LABELS.contains(&extra.name.as_str()) || labels.iter().any(|label| label.name == extra.name) {
+            return Err(ConfigError::field(field("name"), format!("label `{}` is already defined", extra.name)));
         }
         let header = header_name(&extra.header, &field("header"))?;
         check_value(&extra.missing_value, &field("missing_value"))?;
@@ -149,16 +141,10 @@ fn compile(raw: RawConfig) -> Result<MetricsConfig, ConfigError> {
             None => None,
             Some(values) => {
                 if values.is_empty() {
-                    return Err(ConfigError::field(
-                        field("allowed_values"),
-                        "must list at least one value",
-                    ));
+                    return Err(ConfigError::field(field("allowed_values"), "must list at least one value"));
                 }
                 for (value_index, value) in values.iter().enumerate() {
-                    check_value(
-                        value,
-                        &format!("extra_labels[{index}].allowed_values[{value_index}]"),
-                    )?;
+                    check_value(value, &format!("extra_labels[{index}].allowed_values[{value_index}]"))?;
                 }
                 Some(values.into_iter().collect())
             }
@@ -177,33 +163,20 @@ fn compile(raw: RawConfig) -> Result<MetricsConfig, ConfigError> {
         check_max_values(max_values, &field)?;
         match labels.iter_mut().find(|label| label.name == name) {
             Some(label) => label.max_values = max_values,
-            None => {
-                return Err(ConfigError::field(
-                    field,
-                    format!("no label is named `{name}`"),
-                ))
-            }
+            None => return Err(ConfigError::field(field, format!("no label is named `{name}`"))),
         }
     }
 
-    Ok(MetricsConfig {
-        consumer_header,
-        labels,
-    })
+    Ok(MetricsConfig { consumer_header, labels })
 }
 
 fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
+    let valid =
+        !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
     if valid {
         Ok(name.to_ascii_lowercase())
     } else {
-        Err(ConfigError::field(
-            field,
-            format!("`{name}` is not an HTTP header name"),
-        ))
+        Err(ConfigError::field(field, format!("`{name}` is not an HTTP header name")))
     }
 }
 
@@ -211,36 +184,25 @@ fn check_max_values(value: u32, field: &str) -> Result<(), ConfigError> {
     if (1..=MAX_VALUES_CEILING).contains(&value) {
         Ok(())
     } else {
-        Err(ConfigError::field(
-            field,
-            format!("must be between 1 and {MAX_VALUES_CEILING}, got {value}"),
-        ))
+        Err(ConfigError::field(field, format!("must be between 1 and {MAX_VALUES_CEILING}, got {value}")))
     }
 }
 
 fn check_value(value: &str, field: &str) -> Result<(), ConfigError> {
     if value == OVERFLOW_VALUE {
-        return Err(ConfigError::field(
-            field,
-            format!("`{OVERFLOW_VALUE}` is reserved for values over the cap"),
-        ));
+        return Err(ConfigError::field(field, format!("`{OVERFLOW_VALUE}` is reserved for values over the cap")));
     }
     if is_label_value(value) {
         Ok(())
     } else {
-        Err(ConfigError::field(
-            field,
-            format!("`{value}` must be 1 to 64 characters of [A-Za-z0-9_-]"),
-        ))
+        Err(ConfigError::field(field, format!("`{value}` must be 1 to 64 characters of [A-Za-z0-9_-]")))
     }
 }
 
 fn is_label_name(name: &str) -> bool {
     let mut bytes = name.bytes();
     let first_ok = matches!(bytes.next(), Some(b'a'..=b'z' | b'A'..=b'Z' | b'_'));
-    first_ok
-        && !name.starts_with("__")
-        && bytes.all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+    first_ok && !name.starts_with("__") && bytes.all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
 }
 
 #[cfg(test)]
@@ -255,16 +217,9 @@ mod tests {
     fn defaults_give_the_five_built_in_labels_in_stat_name_order() {
         let config = MetricsConfig::parse(b"").unwrap();
         assert_eq!(config.consumer_header, "x-gateway-consumer");
-        let names: Vec<_> = config
-            .labels
-            .iter()
-            .map(|label| label.name.as_str())
-            .collect();
+        let names: Vec<_> = config.labels.iter().map(|label| label.name.as_str()).collect();
         assert_eq!(names, ["route", "upstream", "method", "code", "consumer"]);
-        assert!(config
-            .labels
-            .iter()
-            .all(|label| label.max_values == DEFAULT_MAX_VALUES));
+        assert!(config.labels.iter().all(|label| label.max_values == DEFAULT_MAX_VALUES));
         assert_eq!(config.label("consumer").unwrap().missing_value, "anonymous");
         assert_eq!(config.label("code").unwrap().missing_value, "0");
     }
@@ -292,22 +247,12 @@ mod tests {
         assert_eq!(tenant.missing_value, "unknown");
         let plan = config.label("plan").unwrap();
         assert_eq!(plan.missing_value, "none");
-        assert_eq!(
-            plan.allowed_values,
-            Some(
-                ["free".to_string(), "pro".to_string()]
-                    .into_iter()
-                    .collect()
-            )
-        );
+        assert_eq!(plan.allowed_values, Some(["free".to_string(), "pro".to_string()].into_iter().collect()));
     }
 
     #[test]
     fn unknown_fields_are_named() {
-        assert_eq!(
-            error_of(r#"{"consumer_heder": "x"}"#).field,
-            "consumer_heder"
-        );
+        assert_eq!(error_of(r#"{"consumer_heder": "x"}"#).field, "consumer_heder");
         assert_eq!(
             error_of(r#"{"extra_labels": [{"name": "a", "header": "b", "max": 1}]}"#).field,
             "extra_labels[0].max"
@@ -319,14 +264,8 @@ mod tests {
         let error = error_of(r#"{"default_max_values": "many"}"#);
         assert_eq!(error.field, "default_max_values");
         assert!(error.message.contains("invalid type"));
-        assert_eq!(
-            error_of(r#"{"max_values": {"consumer": -1}}"#).field,
-            "max_values.consumer"
-        );
-        assert_eq!(
-            error_of(r#"{"extra_labels": [{"name": "a"}]}"#).field,
-            "extra_labels[0]"
-        );
+        assert_eq!(error_of(r#"{"max_values": {"consumer": -1}}"#).field, "max_values.consumer");
+        assert_eq!(error_of(r#"{"extra_labels": [{"name": "a"}]}"#).field, "extra_labels[0]");
     }
 
     #[test]
@@ -338,30 +277,15 @@ mod tests {
             (r#"{"default_max_values": 10001}"#, "default_max_values"),
             (r#"{"max_values": {"colour": 3}}"#, "max_values.colour"),
             (r#"{"max_values": {"route": 0}}"#, "max_values.route"),
-            (
-                r#"{"extra_labels": [{"name": "1st", "header": "x"}]}"#,
-                "extra_labels[0].name",
-            ),
-            (
-                r#"{"extra_labels": [{"name": "__x", "header": "x"}]}"#,
-                "extra_labels[0].name",
-            ),
-            (
-                r#"{"extra_labels": [{"name": "route", "header": "x"}]}"#,
-                "extra_labels[0].name",
-            ),
-            (
-                r#"{"extra_labels": [{"name": "le", "header": "x"}]}"#,
-                "extra_labels[0].name",
-            ),
+            (r#"{"extra_labels": [{"name": "1st", "header": "x"}]}"#, "extra_labels[0].name"),
+            (r#"{"extra_labels": [{"name": "__x", "header": "x"}]}"#, "extra_labels[0].name"),
+            (r#"{"extra_labels": [{"name": "route", "header": "x"}]}"#, "extra_labels[0].name"),
+            (r#"{"extra_labels": [{"name": "le", "header": "x"}]}"#, "extra_labels[0].name"),
             (
                 r#"{"extra_labels": [{"name": "a", "header": "x"}, {"name": "a", "header": "y"}]}"#,
                 "extra_labels[1].name",
             ),
-            (
-                r#"{"extra_labels": [{"name": "a", "header": "x:y"}]}"#,
-                "extra_labels[0].header",
-            ),
+            (r#"{"extra_labels": [{"name": "a", "header": "x:y"}]}"#, "extra_labels[0].header"),
             (
                 r#"{"extra_labels": [{"name": "a", "header": "x", "allowed_values": []}]}"#,
                 "extra_labels[0].allowed_values",

@@ -34,16 +34,7 @@ pub fn sanitize(raw: &[u8]) -> Option<Cow<'_, str>> {
         // All bytes are ASCII, so this cannot fail.
         return std::str::from_utf8(raw).ok().map(Cow::Borrowed);
     }
-    let cleaned = raw
-        .iter()
-        .map(|&byte| {
-            if is_value_byte(byte) {
-                byte as char
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let cleaned = raw.iter().map(|&byte| if is_value_byte(byte) { byte as char } else { '_' }).collect();
     Some(Cow::Owned(cleaned))
 }
 
@@ -66,10 +57,7 @@ mod tests {
 
     #[test]
     fn clean_values_are_borrowed_unchanged() {
-        assert!(matches!(
-            sanitize(b"orders-v2_EU"),
-            Some(Cow::Borrowed("orders-v2_EU"))
-        ));
+        assert!(matches!(sanitize(b"orders-v2_EU"), Some(Cow::Borrowed("orders-v2_EU"))));
     }
 
     #[test]
@@ -99,10 +87,7 @@ mod tests {
     #[test]
     fn stat_names_alternate_label_and_value() {
         assert_eq!(
-            stat_name(
-                "gateway_requests_total",
-                [("route", "orders"), ("code", "200")]
-            ),
+            stat_name("gateway_requests_total", [("route", "orders"), ("code", "200")]),
             "gateway_requests_total.route.orders.code.200"
         );
         assert_eq!(stat_name("family", []), "family");

@@ -40,15 +40,14 @@ impl Context for MetricsRoot {}
 
 impl RootContext for MetricsRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = match plugin_configuration()
-            .and_then(|bytes| MetricsConfig::parse(&bytes).map_err(|e| e.to_string()))
-        {
-            Ok(config) => config,
-            Err(reason) => {
-                log::error!("metrics: {reason}");
-                return false;
-            }
-        };
+        let config =
+            match plugin_configuration().and_then(|bytes| MetricsConfig::parse(&bytes).map_err(|e| e.to_string())) {
+                Ok(config) => config,
+                Err(reason) => {
+                    log::error!("metrics: {reason}");
+                    return false;
+                }
+            };
         let recorder = Recorder::new(config.clone());
         // Envoy configures the plugin on its main thread before starting the workers, so the
         // keys exist before any request can update them.
@@ -56,12 +55,8 @@ impl RootContext for MetricsRoot {
             log::error!("metrics: cannot create the label registry in shared data: {error}");
             return false;
         }
-        self.worker = Some(Rc::new(RefCell::new(Worker {
-            config,
-            recorder,
-            metric_ids: HashMap::new(),
-            updates: Vec::new(),
-        })));
+        self.worker =
+            Some(Rc::new(RefCell::new(Worker { config, recorder, metric_ids: HashMap::new(), updates: Vec::new() })));
         true
     }
 
@@ -70,9 +65,7 @@ impl RootContext for MetricsRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(MetricsHttp {
-            worker: self.worker.clone(),
-        }))
+        Some(Box::new(MetricsHttp { worker: self.worker.clone() }))
     }
 }
 
@@ -93,9 +86,7 @@ impl HttpContext for MetricsHttp {
         let worker = &mut *worker;
         let facts = read_facts(&worker.config);
         worker.updates.clear();
-        worker
-            .recorder
-            .record(&facts, &HostSharedData, &mut worker.updates);
+        worker.recorder.record(&facts, &HostSharedData, &mut worker.updates);
         for update in &worker.updates {
             apply(&mut worker.metric_ids, update);
         }
@@ -110,9 +101,7 @@ fn read_facts(config: &MetricsConfig) -> RequestFacts {
             LabelSource::Route => property(&["xds", "route_name"]),
             LabelSource::Upstream => property(&["xds", "cluster_name"]),
             LabelSource::Method => request_header(":method"),
-            LabelSource::Code => {
-                integer_property(&["response", "code"]).map(|code| code.to_string().into_bytes())
-            }
+            LabelSource::Code => integer_property(&["response", "code"]).map(|code| code.to_string().into_bytes()),
             LabelSource::Consumer => request_header(&config.consumer_header),
             LabelSource::Header(name) => request_header(name),
         })
@@ -137,9 +126,7 @@ fn integer_property(path: &[&str]) -> Option<u64> {
 
 /// Header values are client input: read as bytes, never assumed to be UTF-8.
 fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
 }
 
 fn apply(metric_ids: &mut HashMap<String, u32>, update: &MetricUpdate) {
@@ -160,9 +147,7 @@ fn apply(metric_ids: &mut HashMap<String, u32>, update: &MetricUpdate) {
         }
     };
     let result = match update.kind {
-        MetricKind::Counter => {
-            hostcalls::increment_metric(id, i64::try_from(update.value).unwrap_or(i64::MAX))
-        }
+        MetricKind::Counter => hostcalls::increment_metric(id, i64::try_from(update.value).unwrap_or(i64::MAX)),
         MetricKind::Histogram => hostcalls::record_metric(id, update.value),
     };
     if let Err(status) = result {

