@@ -18,14 +18,16 @@ done
 cargo build --quiet --release -p integration-tests --bin demo-backends
 
 pids=()
-cleanup() {
+stop() {
   trap - INT TERM EXIT
   echo
   echo "stopping the demo"
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+trap stop EXIT
+# Ctrl-C is how the demo is meant to end: stop cleanly and report success.
+trap 'stop; exit 0' INT TERM
 
 target/release/demo-backends 127.0.0.1 > .run/backends.log 2>&1 &
 pids+=($!)

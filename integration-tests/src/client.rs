@@ -30,13 +30,20 @@ pub fn get(url: &str) -> Response {
     request("GET", url, &[])
 }
 
-/// Sends a request; a connection failure gives status 0 with the error as the body.
+/// Sends a request without a body; a connection failure gives status 0 with the error as
+/// the body.
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Response {
+    request_with_body(method, url, headers, &[])
+}
+
+/// Sends a request with `body` (sent with a content-length when not empty).
+pub fn request_with_body(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     let mut request = agent().request(method, url);
     for (name, value) in headers {
         request = request.set(name, value);
     }
-    let response = match request.call() {
+    let sent = if body.is_empty() { request.call() } else { request.send_bytes(body) };
+    let response = match sent {
         Ok(response) => response,
         Err(ureq::Error::Status(_, response)) => response,
         Err(error) => return Response { status: 0, headers: vec![], body: error.to_string().into_bytes() },

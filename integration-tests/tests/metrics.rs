@@ -41,13 +41,18 @@ fn send(envoy: &Envoy, method: &str, path: &str, headers: &[(&str, &str)]) -> u1
 fn counts_every_request_by_route_upstream_method_code_and_consumer() {
     let setup = gateway(json!({}), 2, &[]);
     let envoy = &setup.envoy;
+    let mut users_response_bytes = 0;
     for _ in 0..3 {
-        assert_eq!(send(envoy, "GET", "/users/1", &[("x-gateway-consumer", "alice")]), 200);
+        let response = client::request("GET", &format!("{}/users/1", envoy.url()), &[("x-gateway-consumer", "alice")]);
+        assert_eq!(response.status, 200);
+        users_response_bytes += response.body.len();
     }
     for _ in 0..2 {
         assert_eq!(send(envoy, "GET", "/orders?status=503", &[("x-gateway-consumer", "bob")]), 503);
     }
-    assert_eq!(send(envoy, "POST", "/users", &[]), 200);
+    let posted = client::request_with_body("POST", &format!("{}/users", envoy.url()), &[], &[b'x'; 1234]);
+    assert_eq!(posted.status, 200);
+    users_response_bytes += posted.body.len();
     for _ in 0..4 {
         // No route: Envoy's own 404 local reply is counted too.
         assert_eq!(send(envoy, "GET", "/nowhere", &[]), 404);
@@ -74,20 +79,22 @@ fn counts_every_request_by_route_upstream_method_code_and_consumer() {
     assert_eq!(series, expected);
 
     // The duration histogram has one sample per request, per route and upstream.
-    let count = |route: &str, upstream: &str| {
-        envoy.sample("gateway_request_duration_milliseconds_count", &[("route", route), ("upstream", upstream)])
+    let count = |route: &str, upstream: &str, expected: f64| {
+        let labels = [("route", route), ("upstream", upstream)];
+        envoy.eventually_sample("gateway_request_duration_milliseconds_count", &labels, expected)
     };
-    assert_eq!(count("users", "users_svc"), 4.0);
-    assert_eq!(count("orders", "orders_svc"), 2.0);
-    assert_eq!(count("none", "none"), 4.0);
+    assert_eq!(count("users", "users_svc", 4.0), 4.0);
+    assert_eq!(count("orders", "orders_svc", 2.0), 2.0);
+    assert_eq!(count("none", "none", 4.0), 4.0);
     let buckets = envoy.series("gateway_request_duration_milliseconds_bucket");
     assert!(buckets.iter().any(|b| b.has(&[("route", "users"), ("le", "+Inf")]) && b.value == 4.0), "{buckets:?}");
 
-    // Byte counters: every request and response has at least a request line and a status line.
-    let request_bytes = envoy.sample("gateway_request_bytes_total", &[("route", "users")]);
-    let response_bytes = envoy.sample("gateway_response_bytes_total", &[("route", "users")]);
-    assert!(request_bytes >= 4.0 * 16.0, "request bytes {request_bytes}");
-    assert!(response_bytes >= 4.0 * 100.0, "response bytes {response_bytes}");
+    // Byte counters count body bytes exactly: the one POST body, every response body.
+    assert_eq!(envoy.sample("gateway_request_bytes_total", &[("route", "users")]), 1234.0);
+    assert_eq!(envoy.sample("gateway_response_bytes_total", &[("route", "users")]), users_response_bytes as f64);
+    // Envoy's 404 has an empty body: its series exists at 0 (defined, never incremented by 0).
+    let not_found = envoy.series("gateway_response_bytes_total");
+    assert!(not_found.iter().any(|s| s.has(&[("route", "none")]) && s.value == 0.0), "{not_found:?}");
     assert!(envoy.series("gateway_metrics_label_overflow_total").is_empty());
 }
 

@@ -27,6 +27,8 @@ pub struct LabelValues {
     admitted: HashSet<String>,
     /// The shared list was full when last read: every value not in `admitted` overflows.
     full: bool,
+    /// A store failure was logged already; later ones are not (they would repeat per request).
+    failure_logged: bool,
 }
 
 impl LabelValues {
@@ -36,7 +38,13 @@ impl LabelValues {
             max_values: max_values as usize,
             admitted: HashSet::new(),
             full: false,
+            failure_logged: false,
         }
+    }
+
+    /// True the first time it is called: lets the caller log the first store failure only.
+    pub fn first_failure(&mut self) -> bool {
+        !std::mem::replace(&mut self.failure_logged, true)
     }
 
     /// Creates the label's shared key. Must run while configuring, before any request.
@@ -45,8 +53,8 @@ impl LabelValues {
     }
 
     /// Admits `value` if it is known or the cap still has room. A store failure is returned
-    /// as the error so the caller can log it; the caller then treats the value as overflow,
-    /// which keeps the cap whatever happens.
+    /// as the error; the caller then treats the value as overflow, which keeps the cap
+    /// whatever happens.
     pub fn admit(&mut self, value: &str, store: &dyn SharedStore) -> Result<Admission, UpdateError> {
         if self.admitted.contains(value) {
             return Ok(Admission::Admitted);

@@ -10,11 +10,12 @@ use config::{LabelSource, MetricsConfig};
 use gateway_common::host::{plugin_configuration, HostSharedData};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 use recorder::{MetricKind, MetricUpdate, Recorder, RequestFacts};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::SystemTime;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -26,8 +27,8 @@ struct Worker {
     config: MetricsConfig,
     recorder: Recorder,
     /// Envoy metric ids by stat name: defining a metric is a host call with a string, so
-    /// each distinct name is defined once per worker.
-    metric_ids: HashMap<String, u32>,
+    /// each distinct name is defined once per worker. `None`: the host refused it, skip it.
+    metric_ids: HashMap<String, Option<u32>>,
     /// Reused buffer for one request's updates.
     updates: Vec<MetricUpdate>,
 }
@@ -65,17 +66,40 @@ impl RootContext for MetricsRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(MetricsHttp { worker: self.worker.clone() }))
+        Some(Box::new(MetricsHttp { worker: self.worker.clone(), started: None, request_bytes: 0, response_bytes: 0 }))
     }
 }
 
+/// One stream. Every host read that returns data costs a round trip into the VM (about as much
+/// as a filter callback, see `make bench`), so facts that Envoy hands to the callbacks anyway
+/// are taken from there: body sizes from the body callbacks, the start time from the clock
+/// (which returns no data) when the request headers arrive.
 struct MetricsHttp {
     worker: Option<Rc<RefCell<Worker>>>,
+    started: Option<SystemTime>,
+    request_bytes: u64,
+    response_bytes: u64,
 }
 
 impl Context for MetricsHttp {}
 
 impl HttpContext for MetricsHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.started = hostcalls::get_current_time().ok();
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        // The filter never buffers, so each call reports only the newly arrived chunk.
+        self.request_bytes = self.request_bytes.saturating_add(body_size as u64);
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        self.response_bytes = self.response_bytes.saturating_add(body_size as u64);
+        Action::Continue
+    }
+
     /// Runs once per stream after the response (or local reply, or reset), so every outcome
     /// is counted, including 404s from Envoy and rejections by later filters.
     fn on_log(&mut self) {
@@ -84,7 +108,17 @@ impl HttpContext for MetricsHttp {
             return;
         };
         let worker = &mut *worker;
-        let facts = read_facts(&worker.config);
+        let duration_ms = match (self.started, hostcalls::get_current_time()) {
+            // Envoy's clock for wasm is the wall clock: a step backwards counts as 0 ms.
+            (Some(started), Ok(now)) => Some(now.duration_since(started).map_or(0, |d| d.as_millis() as u64)),
+            _ => None,
+        };
+        let facts = RequestFacts {
+            label_values: read_label_values(&worker.config),
+            duration_ms,
+            request_bytes: Some(self.request_bytes),
+            response_bytes: Some(self.response_bytes),
+        };
         worker.updates.clear();
         worker.recorder.record(&facts, &HostSharedData, &mut worker.updates);
         for update in &worker.updates {
@@ -93,43 +127,35 @@ impl HttpContext for MetricsHttp {
     }
 }
 
-fn read_facts(config: &MetricsConfig) -> RequestFacts {
-    let label_values = config
+fn read_label_values(config: &MetricsConfig) -> Vec<Option<Vec<u8>>> {
+    config
         .labels
         .iter()
         .map(|label| match &label.source {
             LabelSource::Route => property(&["xds", "route_name"]),
             LabelSource::Upstream => property(&["xds", "cluster_name"]),
-            LabelSource::Method => request_header(":method"),
-            LabelSource::Code => integer_property(&["response", "code"]).map(|code| code.to_string().into_bytes()),
-            LabelSource::Consumer => request_header(&config.consumer_header),
-            LabelSource::Header(name) => request_header(name),
+            // Local replies carry :status too; a stream reset before any response has none.
+            LabelSource::Code => header(MapType::HttpResponseHeaders, ":status"),
+            LabelSource::Consumer => header(MapType::HttpRequestHeaders, &config.consumer_header),
+            LabelSource::Header(name) => header(MapType::HttpRequestHeaders, name),
+            LabelSource::Method => header(MapType::HttpRequestHeaders, ":method"),
         })
-        .collect();
-    RequestFacts {
-        label_values,
-        duration_ms: integer_property(&["request", "duration"]).map(|nanos| nanos / 1_000_000),
-        request_bytes: integer_property(&["request", "total_size"]),
-        response_bytes: integer_property(&["response", "total_size"]),
-    }
+        .collect()
 }
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
-/// Envoy passes integer and duration attributes as 8 little-endian bytes.
-fn integer_property(path: &[&str]) -> Option<u64> {
-    let bytes: [u8; 8] = property(path)?.try_into().ok()?;
-    Some(u64::from_le_bytes(bytes))
-}
-
 /// Header values are client input: read as bytes, never assumed to be UTF-8.
-fn request_header(name: &str) -> Option<Vec<u8>> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(map, name).ok().flatten()
 }
 
-fn apply(metric_ids: &mut HashMap<String, u32>, update: &MetricUpdate) {
+/// Defines the metric on first use (so a series exists even at 0) and records the update.
+/// Failures are logged once per metric name: a persistent one must not flood Envoy's log at
+/// request rate.
+fn apply(metric_ids: &mut HashMap<String, Option<u32>>, update: &MetricUpdate) {
     let id = match metric_ids.get(&update.name) {
         Some(id) => *id,
         None => {
@@ -137,20 +163,22 @@ fn apply(metric_ids: &mut HashMap<String, u32>, update: &MetricUpdate) {
                 MetricKind::Counter => MetricType::Counter,
                 MetricKind::Histogram => MetricType::Histogram,
             };
-            match hostcalls::define_metric(metric_type, &update.name) {
-                Ok(id) => *metric_ids.entry(update.name.clone()).or_insert(id),
-                Err(status) => {
-                    log::warn!("metrics: cannot define metric {}: {status:?}", update.name);
-                    return;
-                }
-            }
+            let id = hostcalls::define_metric(metric_type, &update.name)
+                .inspect_err(|status| log::warn!("metrics: cannot define metric {}: {status:?}", update.name))
+                .ok();
+            metric_ids.insert(update.name.clone(), id);
+            id
         }
     };
+    let Some(id) = id else { return };
     let result = match update.kind {
+        // Envoy refuses an increment of 0 (BadArgument); there is nothing to add anyway.
+        MetricKind::Counter if update.value == 0 => Ok(()),
         MetricKind::Counter => hostcalls::increment_metric(id, i64::try_from(update.value).unwrap_or(i64::MAX)),
         MetricKind::Histogram => hostcalls::record_metric(id, update.value),
     };
     if let Err(status) = result {
-        log::warn!("metrics: cannot update metric {}: {status:?}", update.name);
+        log::warn!("metrics: cannot update metric {} (further failures of it are not logged): {status:?}", update.name);
+        metric_ids.insert(update.name.clone(), None);
     }
 }

@@ -106,7 +106,13 @@ fn admit(label: &LabelSpec, admitted: &mut LabelValues, value: &str, store: &dyn
     match admitted.admit(value, store) {
         Ok(admission) => admission == Admission::Admitted,
         Err(error) => {
-            log::warn!("metrics: label `{}` value recorded as `{OVERFLOW_VALUE}`: {error}", label.name);
+            if admitted.first_failure() {
+                log::warn!(
+                    "metrics: label `{}` values are recorded as `{OVERFLOW_VALUE}` while shared data fails \
+                     (logged once): {error}",
+                    label.name
+                );
+            }
             false
         }
     }
