@@ -7,7 +7,7 @@
 //! admitted, and once a worker has seen the list full its own copy is final.
 
 use gateway_common::shared::{self, SharedStore, Step, UpdateError};
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 /// Plenty for a handful of workers racing on the rare first sighting of a value.
 const MAX_CAS_ATTEMPTS: u32 = 16;
@@ -15,7 +15,9 @@ const KEY_PREFIX: &str = "gateway_metrics.label_values.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    Admitted,
+    /// Admitted; the number is this worker's id for the value (0, 1, 2… in the order this
+    /// worker learnt them), stable for the worker's lifetime.
+    Admitted(u32),
     /// Over the cap (or the store failed): record the value as `other`.
     Overflow,
 }
@@ -24,7 +26,9 @@ pub enum Admission {
 pub struct LabelValues {
     key: String,
     max_values: usize,
-    admitted: HashSet<String>,
+    /// Admitted value -> its id; `values[id]` is the value.
+    admitted: HashMap<String, u32>,
+    values: Vec<String>,
     /// The shared list was full when last read: every value not in `admitted` overflows.
     full: bool,
     /// A store failure was logged already; later ones are not (they would repeat per request).
@@ -36,7 +40,8 @@ impl LabelValues {
         LabelValues {
             key: format!("{KEY_PREFIX}{label}"),
             max_values: max_values as usize,
-            admitted: HashSet::new(),
+            admitted: HashMap::new(),
+            values: Vec::new(),
             full: false,
             failure_logged: false,
         }
@@ -56,8 +61,8 @@ impl LabelValues {
     /// as the error; the caller then treats the value as overflow, which keeps the cap
     /// whatever happens.
     pub fn admit(&mut self, value: &str, store: &dyn SharedStore) -> Result<Admission, UpdateError> {
-        if self.admitted.contains(value) {
-            return Ok(Admission::Admitted);
+        if let Some(&id) = self.admitted.get(value) {
+            return Ok(Admission::Admitted(id));
         }
         if self.full {
             return Ok(Admission::Overflow);
@@ -67,9 +72,9 @@ impl LabelValues {
             let list = String::from_utf8_lossy(current);
             let values: Vec<&str> = list.split('\n').filter(|v| !v.is_empty()).collect();
             if values.contains(&value) {
-                Step::Keep((owned(&values), Admission::Admitted))
+                Step::Keep((owned(&values), true))
             } else if values.len() >= max_values {
-                Step::Keep((owned(&values), Admission::Overflow))
+                Step::Keep((owned(&values), false))
             } else {
                 let mut next = current.to_vec();
                 if !next.is_empty() {
@@ -78,12 +83,30 @@ impl LabelValues {
                 next.extend_from_slice(value.as_bytes());
                 let mut seen = owned(&values);
                 seen.push(value.to_string());
-                Step::Write(next, (seen, Admission::Admitted))
+                Step::Write(next, (seen, true))
             }
         })?;
         self.full = seen.len() >= self.max_values;
-        self.admitted.extend(seen);
-        Ok(admission)
+        for seen_value in seen {
+            self.learn(seen_value);
+        }
+        match (admission, self.admitted.get(value)) {
+            (true, Some(&id)) => Ok(Admission::Admitted(id)),
+            _ => Ok(Admission::Overflow),
+        }
+    }
+
+    /// The value behind an id handed out by [`LabelValues::admit`].
+    pub fn value(&self, id: u32) -> Option<&str> {
+        self.values.get(id as usize).map(String::as_str)
+    }
+
+    fn learn(&mut self, value: String) {
+        if !self.admitted.contains_key(&value) {
+            let id = self.values.len() as u32;
+            self.admitted.insert(value.clone(), id);
+            self.values.push(value);
+        }
     }
 }
 
@@ -95,7 +118,10 @@ fn owned(values: &[&str]) -> Vec<String> {
 mod tests {
     use super::*;
     use gateway_common::testing::MemoryStore;
+    use std::collections::HashSet;
     use std::sync::{Arc, Barrier};
+
+    const ADMITTED: fn(Result<Admission, UpdateError>) -> bool = |a| matches!(a, Ok(Admission::Admitted(_)));
 
     fn registry(store: &MemoryStore, max: u32) -> LabelValues {
         let values = LabelValues::new("consumer", max);
@@ -107,10 +133,11 @@ mod tests {
     fn values_under_the_cap_are_admitted_and_the_rest_overflow() {
         let store = MemoryStore::default();
         let mut values = registry(&store, 2);
-        assert_eq!(values.admit("alice", &store), Ok(Admission::Admitted));
-        assert_eq!(values.admit("bob", &store), Ok(Admission::Admitted));
+        assert_eq!(values.admit("alice", &store), Ok(Admission::Admitted(0)));
+        assert_eq!(values.admit("bob", &store), Ok(Admission::Admitted(1)));
         assert_eq!(values.admit("carol", &store), Ok(Admission::Overflow));
-        assert_eq!(values.admit("alice", &store), Ok(Admission::Admitted));
+        assert_eq!(values.admit("alice", &store), Ok(Admission::Admitted(0)));
+        assert_eq!((values.value(0), values.value(1), values.value(2)), (Some("alice"), Some("bob"), None));
         assert_eq!(store.get("gateway_metrics.label_values.consumer").unwrap().unwrap().value, b"alice\nbob");
     }
 
@@ -119,11 +146,12 @@ mod tests {
         let store = MemoryStore::default();
         let mut worker_a = registry(&store, 2);
         let mut worker_b = LabelValues::new("consumer", 2);
-        assert_eq!(worker_a.admit("alice", &store), Ok(Admission::Admitted));
-        assert_eq!(worker_b.admit("bob", &store), Ok(Admission::Admitted));
+        assert_eq!(worker_a.admit("alice", &store), Ok(Admission::Admitted(0)));
+        // Worker B learns alice (id 0) from the shared list while admitting bob.
+        assert_eq!(worker_b.admit("bob", &store), Ok(Admission::Admitted(1)));
         // Worker A never saw bob, yet the shared list is full for it too.
         assert_eq!(worker_a.admit("carol", &store), Ok(Admission::Overflow));
-        assert_eq!(worker_a.admit("bob", &store), Ok(Admission::Admitted));
+        assert_eq!(worker_a.admit("bob", &store), Ok(Admission::Admitted(1)));
     }
 
     #[test]
@@ -132,7 +160,7 @@ mod tests {
         let mut values = registry(&store, 5);
         values.admit("alice", &store).unwrap();
         let empty = MemoryStore::default(); // a store without the key would make any access fail
-        assert_eq!(values.admit("alice", &empty), Ok(Admission::Admitted));
+        assert_eq!(values.admit("alice", &empty), Ok(Admission::Admitted(0)));
     }
 
     #[test]
@@ -172,7 +200,7 @@ mod tests {
                     // Each worker walks the same 100 values from a different starting point.
                     for i in 0..100 {
                         let value = format!("user{}", (i + worker * 17) % 100);
-                        if values.admit(&value, store.as_ref()).unwrap() == Admission::Admitted {
+                        if ADMITTED(values.admit(&value, store.as_ref())) {
                             admitted.insert(value);
                         }
                     }

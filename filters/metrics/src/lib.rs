@@ -11,7 +11,7 @@ use gateway_common::host::{plugin_configuration, HostSharedData};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
-use recorder::{MetricKind, MetricUpdate, Recorder, RequestFacts};
+use recorder::{Recorder, SeriesKey};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -26,11 +26,22 @@ proxy_wasm::main! {{
 struct Worker {
     config: MetricsConfig,
     recorder: Recorder,
-    /// Envoy metric ids by stat name: defining a metric is a host call with a string, so
-    /// each distinct name is defined once per worker. `None`: the host refused it, skip it.
-    metric_ids: HashMap<String, Option<u32>>,
-    /// Reused buffer for one request's updates.
-    updates: Vec<MetricUpdate>,
+    /// Envoy metric ids per series key: defining a metric is a host call with a string, so
+    /// each distinct combination is named and defined once per worker.
+    series: HashMap<SeriesKey, SeriesIds>,
+    /// Overflow counter id per label index, defined on first overflow.
+    overflow_ids: HashMap<usize, Option<u32>>,
+    /// Buffers reused by every request.
+    key: SeriesKey,
+    overflowed: Vec<usize>,
+}
+
+/// Envoy's ids for one series key; `None` where the host refused the metric.
+struct SeriesIds {
+    requests: Option<u32>,
+    duration: Option<u32>,
+    request_bytes: Option<u32>,
+    response_bytes: Option<u32>,
 }
 
 struct MetricsRoot {
@@ -56,8 +67,14 @@ impl RootContext for MetricsRoot {
             log::error!("metrics: cannot create the label registry in shared data: {error}");
             return false;
         }
-        self.worker =
-            Some(Rc::new(RefCell::new(Worker { config, recorder, metric_ids: HashMap::new(), updates: Vec::new() })));
+        self.worker = Some(Rc::new(RefCell::new(Worker {
+            config,
+            recorder,
+            series: HashMap::new(),
+            overflow_ids: HashMap::new(),
+            key: Vec::new(),
+            overflowed: Vec::new(),
+        })));
         true
     }
 
@@ -113,16 +130,46 @@ impl HttpContext for MetricsHttp {
             (Some(started), Ok(now)) => Some(now.duration_since(started).map_or(0, |d| d.as_millis() as u64)),
             _ => None,
         };
-        let facts = RequestFacts {
-            label_values: read_label_values(&worker.config),
-            duration_ms,
-            request_bytes: Some(self.request_bytes),
-            response_bytes: Some(self.response_bytes),
-        };
-        worker.updates.clear();
-        worker.recorder.record(&facts, &HostSharedData, &mut worker.updates);
-        for update in &worker.updates {
-            apply(&mut worker.metric_ids, update);
+        let raw_values = read_label_values(&worker.config);
+        worker.record(&raw_values, duration_ms, self.request_bytes, self.response_bytes);
+    }
+}
+
+impl Worker {
+    fn record(
+        &mut self,
+        raw_values: &[Option<Vec<u8>>],
+        duration_ms: Option<u64>,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        self.recorder.resolve(raw_values, &HostSharedData, &mut self.key, &mut self.overflowed);
+        for &label in &self.overflowed {
+            let recorder = &self.recorder;
+            let id = *self
+                .overflow_ids
+                .entry(label)
+                .or_insert_with(|| define(MetricType::Counter, &recorder.overflow_name(label)));
+            increment(id, 1);
+        }
+        if !self.series.contains_key(&self.key) {
+            let names = self.recorder.series_names(&self.key);
+            let ids = SeriesIds {
+                requests: define(MetricType::Counter, &names.requests),
+                duration: define(MetricType::Histogram, &names.duration),
+                request_bytes: define(MetricType::Counter, &names.request_bytes),
+                response_bytes: define(MetricType::Counter, &names.response_bytes),
+            };
+            self.series.insert(self.key.clone(), ids);
+        }
+        let Some(ids) = self.series.get(&self.key) else { return };
+        increment(ids.requests, 1);
+        increment(ids.request_bytes, request_bytes);
+        increment(ids.response_bytes, response_bytes);
+        if let (Some(id), Some(duration_ms)) = (ids.duration, duration_ms) {
+            if let Err(status) = hostcalls::record_metric(id, duration_ms) {
+                log::debug!("metrics: cannot record duration: {status:?}");
+            }
         }
     }
 }
@@ -152,33 +199,18 @@ fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
     hostcalls::get_map_value_bytes(map, name).ok().flatten()
 }
 
-/// Defines the metric on first use (so a series exists even at 0) and records the update.
-/// Failures are logged once per metric name: a persistent one must not flood Envoy's log at
-/// request rate.
-fn apply(metric_ids: &mut HashMap<String, Option<u32>>, update: &MetricUpdate) {
-    let id = match metric_ids.get(&update.name) {
-        Some(id) => *id,
-        None => {
-            let metric_type = match update.kind {
-                MetricKind::Counter => MetricType::Counter,
-                MetricKind::Histogram => MetricType::Histogram,
-            };
-            let id = hostcalls::define_metric(metric_type, &update.name)
-                .inspect_err(|status| log::warn!("metrics: cannot define metric {}: {status:?}", update.name))
-                .ok();
-            metric_ids.insert(update.name.clone(), id);
-            id
-        }
-    };
-    let Some(id) = id else { return };
-    let result = match update.kind {
-        // Envoy refuses an increment of 0 (BadArgument); there is nothing to add anyway.
-        MetricKind::Counter if update.value == 0 => Ok(()),
-        MetricKind::Counter => hostcalls::increment_metric(id, i64::try_from(update.value).unwrap_or(i64::MAX)),
-        MetricKind::Histogram => hostcalls::record_metric(id, update.value),
-    };
-    if let Err(status) = result {
-        log::warn!("metrics: cannot update metric {} (further failures of it are not logged): {status:?}", update.name);
-        metric_ids.insert(update.name.clone(), None);
+/// Defines one metric (the host returns the existing id for a name it knows). A refusal is
+/// logged here, once per series, since the caller caches the outcome.
+fn define(metric_type: MetricType, name: &str) -> Option<u32> {
+    hostcalls::define_metric(metric_type, name)
+        .inspect_err(|status| log::warn!("metrics: cannot define metric {name}: {status:?}"))
+        .ok()
+}
+
+fn increment(id: Option<u32>, value: u64) {
+    // Envoy refuses an increment of 0 (BadArgument), and there is nothing to add anyway.
+    let (Some(id), 1..) = (id, value) else { return };
+    if let Err(status) = hostcalls::increment_metric(id, i64::try_from(value).unwrap_or(i64::MAX)) {
+        log::debug!("metrics: cannot increment metric {id}: {status:?}");
     }
 }

@@ -1,10 +1,13 @@
-//! From the facts of one finished request to the metric updates it causes.
+//! From the label values of one finished request to the series it counts in.
+//!
+//! Each label value is resolved to a small per-worker id (see [`crate::cardinality`]), and
+//! the ids of all labels form the request's [`SeriesKey`]. The adapter keeps Envoy's metric ids
+//! per key, so the stat names are built once per distinct combination, not per request.
 
 use crate::cardinality::{Admission, LabelValues};
 use crate::config::{LabelSpec, MetricsConfig};
 use crate::labels::{sanitize, stat_name, OVERFLOW_VALUE};
 use gateway_common::shared::{SharedStore, StoreError};
-use std::borrow::Cow;
 
 pub const REQUESTS_TOTAL: &str = "gateway_requests_total";
 pub const REQUEST_DURATION: &str = "gateway_request_duration_milliseconds";
@@ -15,33 +18,23 @@ pub const LABEL_OVERFLOW: &str = "gateway_metrics_label_overflow_total";
 /// The labels of the duration histogram and byte counters: bounded by Envoy's own config.
 const TRAFFIC_LABELS: [&str; 2] = ["route", "upstream"];
 
-/// What the adapter read from Envoy about one finished request.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RequestFacts {
-    /// Raw value of each configured label, in `MetricsConfig::labels` order; `None` when the
-    /// request has none.
-    pub label_values: Vec<Option<Vec<u8>>>,
-    pub duration_ms: Option<u64>,
-    pub request_bytes: Option<u64>,
-    pub response_bytes: Option<u64>,
-}
+/// Per label, in `MetricsConfig::labels` order: [`MISSING`], [`OTHER`], or `FIRST_VALUE + id`
+/// of an admitted value.
+pub type SeriesKey = Vec<u32>;
+pub const MISSING: u32 = 0;
+pub const OTHER: u32 = 1;
+const FIRST_VALUE: u32 = 2;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MetricKind {
-    Counter,
-    Histogram,
-}
-
+/// The stat names of one series key (without Envoy's `wasmcustom.` prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricUpdate {
-    pub kind: MetricKind,
-    /// The dotted stat name, without Envoy's `wasmcustom.` prefix.
-    pub name: String,
-    /// Counter increment or histogram sample.
-    pub value: u64,
+pub struct SeriesNames {
+    pub requests: String,
+    pub duration: String,
+    pub request_bytes: String,
+    pub response_bytes: String,
 }
 
-/// One worker's recorder: the compiled config plus that worker's view of admitted values.
+/// One worker's recorder: the compiled labels plus that worker's view of admitted values.
 pub struct Recorder {
     labels: Vec<LabelSpec>,
     admitted: Vec<LabelValues>,
@@ -58,53 +51,77 @@ impl Recorder {
         self.admitted.iter().try_for_each(|values| values.create_shared_key(store))
     }
 
-    /// The updates for one request, appended to `updates`.
-    pub fn record(&mut self, facts: &RequestFacts, store: &dyn SharedStore, updates: &mut Vec<MetricUpdate>) {
-        let mut values: Vec<Cow<'_, str>> = Vec::with_capacity(self.labels.len());
+    /// Resolves one request's raw label values (in label order; `None` when absent) into
+    /// `key`, and lists in `overflowed` the index of every label whose value became `other`.
+    pub fn resolve(
+        &mut self,
+        raw_values: &[Option<Vec<u8>>],
+        store: &dyn SharedStore,
+        key: &mut SeriesKey,
+        overflowed: &mut Vec<usize>,
+    ) {
+        key.clear();
+        overflowed.clear();
         for (index, (label, admitted)) in self.labels.iter().zip(self.admitted.iter_mut()).enumerate() {
-            let raw = facts.label_values.get(index).and_then(Option::as_deref);
-            let value = match raw.and_then(sanitize) {
-                None => Cow::Borrowed(label.missing_value.as_str()),
-                Some(value) if admit(label, admitted, &value, store) => value,
-                Some(_) => {
-                    updates.push(counter(stat_name(LABEL_OVERFLOW, [("label", label.name.as_str())]), 1));
-                    Cow::Borrowed(OVERFLOW_VALUE)
-                }
+            let raw = raw_values.get(index).and_then(Option::as_deref);
+            let id = match raw.and_then(sanitize) {
+                None => MISSING,
+                Some(value) => match admit(label, admitted, &value, store) {
+                    Some(id) => FIRST_VALUE + id,
+                    None => {
+                        overflowed.push(index);
+                        OTHER
+                    }
+                },
             };
-            values.push(value);
+            key.push(id);
         }
+    }
 
-        let all_labels = self.labels.iter().map(|label| label.name.as_str()).zip(values.iter().map(|v| v.as_ref()));
-        updates.push(counter(stat_name(REQUESTS_TOTAL, all_labels), 1));
-
-        let traffic_labels = TRAFFIC_LABELS.map(|name| {
-            let value = self.labels.iter().position(|label| label.name == name).and_then(|i| values.get(i));
-            (name, value.map_or("none", |v| v.as_ref()))
+    /// The stat names for a key made by [`Recorder::resolve`] on this recorder.
+    pub fn series_names(&self, key: &[u32]) -> SeriesNames {
+        let value = |index: usize| -> &str {
+            let (Some(label), Some(admitted)) = (self.labels.get(index), self.admitted.get(index)) else {
+                return "none";
+            };
+            match key.get(index).copied().unwrap_or(MISSING) {
+                MISSING => &label.missing_value,
+                OTHER => OVERFLOW_VALUE,
+                id => admitted.value(id - FIRST_VALUE).unwrap_or(OVERFLOW_VALUE),
+            }
+        };
+        let all = self.labels.iter().enumerate().map(|(index, label)| (label.name.as_str(), value(index)));
+        let traffic = TRAFFIC_LABELS.map(|name| {
+            let index = self.labels.iter().position(|label| label.name == name);
+            (name, index.map_or("none", value))
         });
-        if let Some(duration_ms) = facts.duration_ms {
-            updates.push(MetricUpdate {
-                kind: MetricKind::Histogram,
-                name: stat_name(REQUEST_DURATION, traffic_labels),
-                value: duration_ms,
-            });
+        SeriesNames {
+            requests: stat_name(REQUESTS_TOTAL, all),
+            duration: stat_name(REQUEST_DURATION, traffic),
+            request_bytes: stat_name(REQUEST_BYTES, traffic),
+            response_bytes: stat_name(RESPONSE_BYTES, traffic),
         }
-        if let Some(bytes) = facts.request_bytes {
-            updates.push(counter(stat_name(REQUEST_BYTES, traffic_labels), bytes));
-        }
-        if let Some(bytes) = facts.response_bytes {
-            updates.push(counter(stat_name(RESPONSE_BYTES, traffic_labels), bytes));
-        }
+    }
+
+    /// The overflow counter of the label at `index`.
+    pub fn overflow_name(&self, index: usize) -> String {
+        let label = self.labels.get(index).map_or("unknown", |label| label.name.as_str());
+        stat_name(LABEL_OVERFLOW, [("label", label)])
     }
 }
 
-/// Whether a present value keeps its own name. The missing value and `other` are outside the
-/// cap; an allowed list replaces it; a store failure counts as overflow so the cap holds.
-fn admit(label: &LabelSpec, admitted: &mut LabelValues, value: &str, store: &dyn SharedStore) -> bool {
+/// The id of a present value that keeps its own name, or `None` for `other`. The missing
+/// value and `other` are outside the cap; an allowed list replaces it; a store failure counts
+/// as overflow so the cap holds.
+fn admit(label: &LabelSpec, admitted: &mut LabelValues, value: &str, store: &dyn SharedStore) -> Option<u32> {
     if let Some(allowed) = &label.allowed_values {
-        return allowed.contains(value);
+        if !allowed.contains(value) {
+            return None;
+        }
     }
     match admitted.admit(value, store) {
-        Ok(admission) => admission == Admission::Admitted,
+        Ok(Admission::Admitted(id)) => Some(id),
+        Ok(Admission::Overflow) => None,
         Err(error) => {
             if admitted.first_failure() {
                 log::warn!(
@@ -113,13 +130,9 @@ fn admit(label: &LabelSpec, admitted: &mut LabelValues, value: &str, store: &dyn
                     label.name
                 );
             }
-            false
+            None
         }
     }
-}
-
-fn counter(name: String, value: u64) -> MetricUpdate {
-    MetricUpdate { kind: MetricKind::Counter, name, value }
 }
 
 #[cfg(test)]
@@ -133,60 +146,69 @@ mod tests {
         recorder
     }
 
-    fn facts(values: &[Option<&str>]) -> RequestFacts {
-        RequestFacts {
-            label_values: values.iter().map(|v| v.map(|s| s.as_bytes().to_vec())).collect(),
-            duration_ms: Some(12),
-            request_bytes: Some(100),
-            response_bytes: Some(250),
-        }
+    fn raw(values: &[Option<&str>]) -> Vec<Option<Vec<u8>>> {
+        values.iter().map(|v| v.map(|s| s.as_bytes().to_vec())).collect()
     }
 
-    fn names(updates: &[MetricUpdate]) -> Vec<&str> {
-        updates.iter().map(|u| u.name.as_str()).collect()
+    /// Resolves and names one request: (requests_total name, overflowed label names).
+    fn record(recorder: &mut Recorder, store: &MemoryStore, values: &[Option<&str>]) -> (SeriesNames, Vec<String>) {
+        let (mut key, mut overflowed) = (vec![], vec![]);
+        recorder.resolve(&raw(values), store, &mut key, &mut overflowed);
+        let overflow_names = overflowed.iter().map(|&i| recorder.overflow_name(i)).collect();
+        (recorder.series_names(&key), overflow_names)
+    }
+
+    fn requests(recorder: &mut Recorder, store: &MemoryStore, values: &[Option<&str>]) -> String {
+        record(recorder, store, values).0.requests
     }
 
     #[test]
-    fn one_request_gives_count_duration_and_bytes() {
+    fn one_request_names_its_count_duration_and_bytes_series() {
         let store = MemoryStore::default();
         let mut recorder = recorder("{}", &store);
-        let mut updates = vec![];
-        recorder.record(
-            &facts(&[Some("orders"), Some("orders_svc"), Some("GET"), Some("200"), Some("alice")]),
+        let (names, overflowed) = record(
+            &mut recorder,
             &store,
-            &mut updates,
+            &[Some("orders"), Some("orders_svc"), Some("GET"), Some("200"), Some("alice")],
         );
         assert_eq!(
-            updates,
-            vec![
-                counter(
-                    "gateway_requests_total.route.orders.upstream.orders_svc.method.GET.code.200.consumer.alice".into(),
-                    1
-                ),
-                MetricUpdate {
-                    kind: MetricKind::Histogram,
-                    name: "gateway_request_duration_milliseconds.route.orders.upstream.orders_svc".into(),
-                    value: 12
-                },
-                counter("gateway_request_bytes_total.route.orders.upstream.orders_svc".into(), 100),
-                counter("gateway_response_bytes_total.route.orders.upstream.orders_svc".into(), 250),
-            ]
+            names,
+            SeriesNames {
+                requests: "gateway_requests_total.route.orders.upstream.orders_svc.method.GET.code.200.consumer.alice"
+                    .into(),
+                duration: "gateway_request_duration_milliseconds.route.orders.upstream.orders_svc".into(),
+                request_bytes: "gateway_request_bytes_total.route.orders.upstream.orders_svc".into(),
+                response_bytes: "gateway_response_bytes_total.route.orders.upstream.orders_svc".into(),
+            }
         );
+        assert!(overflowed.is_empty());
+    }
+
+    #[test]
+    fn equal_values_give_equal_keys_and_different_values_different_keys() {
+        let store = MemoryStore::default();
+        let mut recorder = recorder("{}", &store);
+        let (mut a, mut b, mut c, mut overflowed) = (vec![], vec![], vec![], vec![]);
+        let alice = raw(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("alice")]);
+        recorder.resolve(&alice, &store, &mut a, &mut overflowed);
+        recorder.resolve(&alice, &store, &mut b, &mut overflowed);
+        recorder.resolve(
+            &raw(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("bob")]),
+            &store,
+            &mut c,
+            &mut overflowed,
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, c);
     }
 
     #[test]
     fn missing_values_use_each_label_default() {
         let store = MemoryStore::default();
         let mut recorder = recorder("{}", &store);
-        let mut updates = vec![];
-        let no_values = RequestFacts {
-            label_values: vec![None, None, Some(b"GET".to_vec()), Some(b"404".to_vec()), None],
-            ..Default::default()
-        };
-        recorder.record(&no_values, &store, &mut updates);
         assert_eq!(
-            names(&updates),
-            ["gateway_requests_total.route.none.upstream.none.method.GET.code.404.consumer.anonymous"]
+            requests(&mut recorder, &store, &[None, None, Some("GET"), Some("404"), None]),
+            "gateway_requests_total.route.none.upstream.none.method.GET.code.404.consumer.anonymous"
         );
     }
 
@@ -194,14 +216,8 @@ mod tests {
     fn hostile_values_cannot_forge_labels() {
         let store = MemoryStore::default();
         let mut recorder = recorder("{}", &store);
-        let mut updates = vec![];
-        recorder.record(
-            &facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("x.code.500")]),
-            &store,
-            &mut updates,
-        );
         assert_eq!(
-            names(&updates)[0],
+            requests(&mut recorder, &store, &[Some("r"), Some("u"), Some("GET"), Some("200"), Some("x.code.500")]),
             "gateway_requests_total.route.r.upstream.u.method.GET.code.200.consumer.x_code_500"
         );
     }
@@ -210,34 +226,27 @@ mod tests {
     fn values_over_the_cap_become_other_and_are_counted() {
         let store = MemoryStore::default();
         let mut recorder = recorder(r#"{"max_values": {"consumer": 2}}"#, &store);
-        let mut updates = vec![];
+        let mut consumers = vec![];
+        let mut overflows = vec![];
         for consumer in ["a", "b", "c", "d", "a"] {
-            recorder.record(
-                &facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some(consumer)]),
-                &store,
-                &mut updates,
-            );
+            let (names, overflowed) =
+                record(&mut recorder, &store, &[Some("r"), Some("u"), Some("GET"), Some("200"), Some(consumer)]);
+            consumers.push(names.requests.rsplit('.').next().unwrap().to_string());
+            overflows.extend(overflowed);
         }
-        let requests: Vec<_> = names(&updates)
-            .into_iter()
-            .filter(|n| n.starts_with(REQUESTS_TOTAL))
-            .map(|n| n.rsplit('.').next().unwrap())
-            .collect();
-        assert_eq!(requests, ["a", "b", "other", "other", "a"]);
-        let overflows =
-            names(&updates).into_iter().filter(|n| *n == "gateway_metrics_label_overflow_total.label.consumer").count();
-        assert_eq!(overflows, 2);
+        assert_eq!(consumers, ["a", "b", "other", "other", "a"]);
+        assert_eq!(overflows, ["gateway_metrics_label_overflow_total.label.consumer"; 2]);
     }
 
     #[test]
     fn missing_value_is_outside_the_cap() {
         let store = MemoryStore::default();
         let mut recorder = recorder(r#"{"max_values": {"consumer": 1}}"#, &store);
-        let mut updates = vec![];
-        recorder.record(&facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("alice")]), &store, &mut updates);
-        recorder.record(&facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), None]), &store, &mut updates);
-        assert!(names(&updates).iter().any(|n| n.ends_with(".consumer.anonymous")));
-        assert!(!names(&updates).iter().any(|n| n.starts_with(LABEL_OVERFLOW)));
+        record(&mut recorder, &store, &[Some("r"), Some("u"), Some("GET"), Some("200"), Some("alice")]);
+        let (names, overflowed) =
+            record(&mut recorder, &store, &[Some("r"), Some("u"), Some("GET"), Some("200"), None]);
+        assert!(names.requests.ends_with(".consumer.anonymous"));
+        assert!(overflowed.is_empty());
     }
 
     #[test]
@@ -247,35 +256,32 @@ mod tests {
             r#"{"extra_labels": [{"name": "plan", "header": "x-plan", "allowed_values": ["free", "pro"]}, {"name": "tenant", "header": "x-tenant"}]}"#,
             &store,
         );
-        let mut updates = vec![];
         let base = [Some("r"), Some("u"), Some("GET"), Some("200"), None];
-        let with = |plan: Option<&str>, tenant: Option<&str>| {
+        let with = |plan: Option<&'static str>, tenant: Option<&'static str>| {
             let mut values = base.to_vec();
             values.extend([plan, tenant]);
-            facts(&values)
+            values
         };
-        recorder.record(&with(Some("pro"), Some("acme")), &store, &mut updates);
-        recorder.record(&with(Some("gold"), None), &store, &mut updates);
-        let requests: Vec<_> = names(&updates).into_iter().filter(|n| n.starts_with(REQUESTS_TOTAL)).collect();
+        let (pro, _) = record(&mut recorder, &store, &with(Some("pro"), Some("acme")));
+        let (gold, overflowed) = record(&mut recorder, &store, &with(Some("gold"), None));
         assert_eq!(
-            requests,
-            [
-                "gateway_requests_total.route.r.upstream.u.method.GET.code.200.consumer.anonymous.plan.pro.tenant.acme",
-                "gateway_requests_total.route.r.upstream.u.method.GET.code.200.consumer.anonymous.plan.other.tenant.none",
-            ]
+            pro.requests,
+            "gateway_requests_total.route.r.upstream.u.method.GET.code.200.consumer.anonymous.plan.pro.tenant.acme"
         );
-        assert!(names(&updates).contains(&"gateway_metrics_label_overflow_total.label.plan"));
+        assert_eq!(
+            gold.requests,
+            "gateway_requests_total.route.r.upstream.u.method.GET.code.200.consumer.anonymous.plan.other.tenant.none"
+        );
+        assert_eq!(overflowed, ["gateway_metrics_label_overflow_total.label.plan"]);
     }
 
     #[test]
     fn capped_route_values_apply_to_the_traffic_metrics_too() {
         let store = MemoryStore::default();
         let mut recorder = recorder(r#"{"max_values": {"route": 1}}"#, &store);
-        let mut updates = vec![];
-        recorder.record(&facts(&[Some("one"), Some("u"), Some("GET"), Some("200"), None]), &store, &mut updates);
-        updates.clear();
-        recorder.record(&facts(&[Some("two"), Some("u"), Some("GET"), Some("200"), None]), &store, &mut updates);
-        assert!(names(&updates).contains(&"gateway_request_duration_milliseconds.route.other.upstream.u"));
+        record(&mut recorder, &store, &[Some("one"), Some("u"), Some("GET"), Some("200"), None]);
+        let (names, _) = record(&mut recorder, &store, &[Some("two"), Some("u"), Some("GET"), Some("200"), None]);
+        assert_eq!(names.duration, "gateway_request_duration_milliseconds.route.other.upstream.u");
     }
 
     #[test]
@@ -283,10 +289,12 @@ mod tests {
         let store = MemoryStore::default();
         // Keys never created: every admission attempt fails.
         let mut recorder = Recorder::new(MetricsConfig::parse(b"{}").unwrap());
-        let mut updates = vec![];
-        recorder.record(&facts(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("alice")]), &store, &mut updates);
-        assert_eq!(names(&updates)[0], "gateway_metrics_label_overflow_total.label.route");
-        assert!(names(&updates)
-            .contains(&"gateway_requests_total.route.other.upstream.other.method.other.code.other.consumer.other"));
+        let (names, overflowed) =
+            record(&mut recorder, &store, &[Some("r"), Some("u"), Some("GET"), Some("200"), Some("alice")]);
+        assert_eq!(
+            names.requests,
+            "gateway_requests_total.route.other.upstream.other.method.other.code.other.consumer.other"
+        );
+        assert_eq!(overflowed.len(), 5);
     }
 }
