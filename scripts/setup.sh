@@ -32,9 +32,11 @@ fi
 # command -> package
 declare -A packages=()
 case $profile in
+  demo) packages=([curl]=curl) ;;
   test) packages=([prometheus]=prometheus [docker-compose]=docker-compose) ;;
   bench) packages=([wrk]=wrk) ;;
-  all) packages=([prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk) ;;
+  all) packages=([curl]=curl [prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk) ;;
+  *) fail "unknown profile '$profile' (demo, test, bench or all)" ;;
 esac
 need_venv_package=no
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_venv_package=yes
