@@ -103,10 +103,6 @@ impl MetricsConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
         compile(parse_json(bytes)?)
     }
-
-    pub fn label(&self, name: &str) -> Option<&LabelSpec> {
-        self.labels.iter().find(|label| label.name == name)
-    }
 }
 
 fn compile(raw: RawConfig) -> Result<MetricsConfig, ConfigError> {
@@ -208,6 +204,12 @@ fn is_label_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl MetricsConfig {
+        fn label(&self, name: &str) -> Option<&LabelSpec> {
+            self.labels.iter().find(|label| label.name == name)
+        }
+    }
 
     fn error_of(json: &str) -> ConfigError {
         MetricsConfig::parse(json.as_bytes()).unwrap_err()

@@ -87,9 +87,9 @@ impl RootContext for MetricsRoot {
     }
 }
 
-/// One stream. Every host read that returns data costs a round trip into the VM (about as much
-/// as a filter callback, see `make bench`), so facts that Envoy hands to the callbacks anyway
-/// are taken from there: body sizes from the body callbacks, the start time from the clock
+/// One stream. Every host read that returns data costs a round trip into the VM (measured
+/// costs: README, Benchmark), so facts that Envoy hands to the callbacks anyway are taken from
+/// there: body sizes from the body callbacks, the start time from the clock
 /// (which returns no data) when the request headers arrive.
 struct MetricsHttp {
     worker: Option<Rc<RefCell<Worker>>>,
