@@ -233,16 +233,81 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
             "invalid configuration at `max_values.consumer`: must be between 1 and 10000",
         ),
     ];
-    for (config, expected) in cases {
+    // Refused whatever the failure policy: FAIL_OPEN (as shipped) only covers runtime failures.
+    for ((config, expected), policy) in cases.into_iter().zip(["FAIL_CLOSED", "FAIL_OPEN", "FAIL_OPEN"]) {
         let backend = Backend::echo("users");
         let rendered = Gateway::new()
             .cluster("users_svc", &[backend.port()])
             .route("users", "/users", "users_svc")
-            .wasm_filter("metrics", config.clone())
+            .wasm_filter_at("metrics", &integration_tests::paths::wasm_module("metrics"), config.clone(), policy)
             .render();
         match Envoy::try_start(&rendered, 1) {
             Ok(mut envoy) => panic!("Envoy accepted {config} (running: {}); log:\n{}", envoy.is_running(), envoy.log()),
             Err(error) => assert!(error.contains(expected), "expected `{expected}` in:\n{error}"),
         }
     }
+}
+
+/// Bodies are counted to the byte whatever their size or framing, and the filter never
+/// buffers them.
+#[test]
+fn large_and_chunked_bodies_are_counted_exactly() {
+    use std::io::{Read, Write};
+    let setup = gateway(json!({}), 1, &[]);
+    let envoy = &setup.envoy;
+    let big = vec![b'a'; 5 * 1024 * 1024];
+    let response = client::request_with_body("POST", &format!("{}/users", envoy.url()), &[], &big);
+    assert_eq!(response.status, 200);
+
+    // A chunked upload of 3 chunks (10 + 20 + 5 bytes), written by hand.
+    let mut stream = std::net::TcpStream::connect(envoy.url().trim_start_matches("http://")).unwrap();
+    stream
+        .write_all(b"POST /orders HTTP/1.1\r\nhost: gateway\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    for chunk in [&[b'x'; 10][..], &[b'y'; 20], &[b'z'; 5]] {
+        stream.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).unwrap();
+        stream.write_all(chunk).unwrap();
+        stream.write_all(b"\r\n").unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    assert_eq!(envoy.sample("gateway_request_bytes_total", &[("route", "users")]), big.len() as f64);
+    assert_eq!(envoy.sample("gateway_request_bytes_total", &[("route", "orders")]), 35.0);
+    assert_eq!(envoy.sample("gateway_response_bytes_total", &[("route", "users")]), response.body.len() as f64);
+}
+
+/// A client that gives up before the response is still one request, with code 0 (as in
+/// Envoy's access log); an upstream that is down is Envoy's 503, under its cluster.
+#[test]
+fn disconnected_clients_and_dead_upstreams_are_counted() {
+    use std::io::Write;
+    let users = Backend::echo("users");
+    let dead_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }; // closed again: nothing listens there
+    let config = Gateway::new()
+        .cluster("users_svc", &[users.port()])
+        .cluster("gone_svc", &[dead_port])
+        .route("users", "/users", "users_svc")
+        .route("gone", "/gone", "gone_svc")
+        .wasm_filter("metrics", json!({}))
+        .render();
+    let envoy = Envoy::start(&config, 1);
+
+    let mut stream = std::net::TcpStream::connect(envoy.url().trim_start_matches("http://")).unwrap();
+    stream.write_all(b"GET /users?delay_ms=1500 HTTP/1.1\r\nhost: gateway\r\n\r\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(stream);
+    assert_eq!(send(&envoy, "GET", "/gone", &[]), 503);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while envoy.sample(REQUESTS, &[("route", "users")]) < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(envoy.sample(REQUESTS, &[("route", "users"), ("upstream", "users_svc"), ("code", "0")]), 1.0);
+    assert_eq!(envoy.sample(REQUESTS, &[("route", "gone"), ("upstream", "gone_svc"), ("code", "503")]), 1.0);
 }

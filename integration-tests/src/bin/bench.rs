@@ -193,8 +193,10 @@ fn report(variants: &[Variant], settings: &Settings) {
     println!();
     println!("machine: {}, {} cores; {}", cpu_model(), cores(), envoy_version());
     println!();
-    println!("| variant | req/s | Envoy CPU µs/req | added over bare | vs empty wasm filter (per-round range) | p50 ms | p99 ms | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| variant | req/s | Envoy CPU µs/req | added over bare | vs empty wasm filter (per-round range) | p50 ms | p99 ms | Envoy RSS MiB | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
     for variant in variants {
         let m = |f: fn(&Round) -> f64| median(variant.rounds.iter().map(f));
@@ -210,7 +212,7 @@ fn report(variants: &[Variant], settings: &Settings) {
             _ => String::new(),
         };
         println!(
-            "| {} ({}) | {:.0} | {:.1} | {:+.1} | {} | {:.3} | {:.3} | {} |",
+            "| {} ({}) | {:.0} | {:.1} | {:+.1} | {} | {:.3} | {:.3} | {:.1} | {} |",
             variant.name,
             variant.description,
             m(|r| r.requests) / settings.seconds as f64,
@@ -219,6 +221,7 @@ fn report(variants: &[Variant], settings: &Settings) {
             versus_floor,
             m(|r| r.p50_ms),
             m(|r| r.p99_ms),
+            rss_mib(variant.envoy.pid()),
             variant.rounds.iter().map(|r| r.errors).sum::<u64>()
         );
     }
@@ -227,6 +230,16 @@ fn report(variants: &[Variant], settings: &Settings) {
         let verdict = if *ratio <= 1.5 { "met" } else { "NOT met" };
         println!("target: metrics adds at most 1.5x what the empty filter adds: {ratio:.2}x ({verdict})");
     }
+}
+
+/// Resident memory of the process after the rounds, from /proc/<pid>/status.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kib.map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn cpu_model() -> String {
