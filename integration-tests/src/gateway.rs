@@ -52,15 +52,6 @@ impl Gateway {
         self
     }
 
-    /// A route Envoy answers itself (no upstream), like the native direct_response.
-    pub fn direct_route(mut self, name: &str, prefix: &str, status: u16, body: &str) -> Gateway {
-        self.routes.push(json!({
-            "name": name, "match": {"prefix": prefix},
-            "direct_response": {"status": status, "body": {"inline_string": body}}
-        }));
-        self
-    }
-
     /// One of our wasm filters, by module name (`metrics`, `noop`, …) with its JSON config.
     pub fn wasm_filter(self, module: &str, configuration: Value) -> Gateway {
         let path = crate::paths::wasm_module(module);
@@ -88,12 +79,6 @@ impl Gateway {
                 }
             }
         }));
-        self
-    }
-
-    /// Any other HTTP filter, as Envoy's JSON.
-    pub fn native_filter(mut self, filter: Value) -> Gateway {
-        self.filters.push(filter);
         self
     }
 

@@ -152,21 +152,37 @@ impl Worker {
                 .or_insert_with(|| define(MetricType::Counter, &recorder.overflow_name(label)));
             increment(id, 1);
         }
-        if !self.series.contains_key(&self.key) {
-            let names = self.recorder.series_names(&self.key);
-            let ids = SeriesIds {
-                requests: define(MetricType::Counter, &names.requests),
-                duration: define(MetricType::Histogram, &names.duration),
-                request_bytes: define(MetricType::Counter, &names.request_bytes),
-                response_bytes: define(MetricType::Counter, &names.response_bytes),
-            };
-            self.series.insert(self.key.clone(), ids);
+        let sample = Sample { duration_ms, request_bytes, response_bytes };
+        if let Some(ids) = self.series.get(&self.key) {
+            ids.record(&sample);
+            return;
         }
-        let Some(ids) = self.series.get(&self.key) else { return };
-        increment(ids.requests, 1);
-        increment(ids.request_bytes, request_bytes);
-        increment(ids.response_bytes, response_bytes);
-        if let (Some(id), Some(duration_ms)) = (ids.duration, duration_ms) {
+        // First request of this label combination on this worker: name and define its series.
+        let names = self.recorder.series_names(&self.key);
+        let ids = SeriesIds {
+            requests: define(MetricType::Counter, &names.requests),
+            duration: define(MetricType::Histogram, &names.duration),
+            request_bytes: define(MetricType::Counter, &names.request_bytes),
+            response_bytes: define(MetricType::Counter, &names.response_bytes),
+        };
+        ids.record(&sample);
+        self.series.insert(self.key.clone(), ids);
+    }
+}
+
+/// What one request adds to its series.
+struct Sample {
+    duration_ms: Option<u64>,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl SeriesIds {
+    fn record(&self, sample: &Sample) {
+        increment(self.requests, 1);
+        increment(self.request_bytes, sample.request_bytes);
+        increment(self.response_bytes, sample.response_bytes);
+        if let (Some(id), Some(duration_ms)) = (self.duration, sample.duration_ms) {
             if let Err(status) = hostcalls::record_metric(id, duration_ms) {
                 log::debug!("metrics: cannot record duration: {status:?}");
             }
