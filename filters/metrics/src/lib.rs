@@ -131,18 +131,13 @@ impl HttpContext for MetricsHttp {
             _ => None,
         };
         let raw_values = read_label_values(&worker.config);
-        worker.record(&raw_values, duration_ms, self.request_bytes, self.response_bytes);
+        let sample = Sample { duration_ms, request_bytes: self.request_bytes, response_bytes: self.response_bytes };
+        worker.record(&raw_values, &sample);
     }
 }
 
 impl Worker {
-    fn record(
-        &mut self,
-        raw_values: &[Option<Vec<u8>>],
-        duration_ms: Option<u64>,
-        request_bytes: u64,
-        response_bytes: u64,
-    ) {
+    fn record(&mut self, raw_values: &[Option<Vec<u8>>], sample: &Sample) {
         self.recorder.resolve(raw_values, &HostSharedData, &mut self.key, &mut self.overflowed);
         for &label in &self.overflowed {
             let recorder = &self.recorder;
@@ -152,9 +147,8 @@ impl Worker {
                 .or_insert_with(|| define(MetricType::Counter, &recorder.overflow_name(label)));
             increment(id, 1);
         }
-        let sample = Sample { duration_ms, request_bytes, response_bytes };
         if let Some(ids) = self.series.get(&self.key) {
-            ids.record(&sample);
+            ids.record(sample);
             return;
         }
         // First request of this label combination on this worker: name and define its series.
@@ -165,7 +159,7 @@ impl Worker {
             request_bytes: define(MetricType::Counter, &names.request_bytes),
             response_bytes: define(MetricType::Counter, &names.response_bytes),
         };
-        ids.record(&sample);
+        ids.record(sample);
         self.series.insert(self.key.clone(), ids);
     }
 }
