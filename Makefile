@@ -7,7 +7,9 @@ ENVOY_VERSION := 1.40.0
 export ENVOY_VERSION
 
 WASM_TARGET := wasm32-wasip1
-FILTER_CRATES := -p metrics-filter -p noop-filter
+FILTER_CRATES := -p metrics-filter
+# The benchmark's instruments (bench/): built and linted with the filters.
+BENCH_CRATES := -p noop-filter -p read-probe
 
 .PHONY: demo test bench setup wasm lint
 
@@ -20,7 +22,7 @@ test:
 	@scripts/setup.sh test
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target $(WASM_TARGET) $(FILTER_CRATES) -p gateway-common -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(FILTER_CRATES) $(BENCH_CRATES) -p gateway-common -- -D warnings
 	@$(MAKE) --no-print-directory wasm
 	cargo test --workspace
 
@@ -34,4 +36,4 @@ setup:
 	@scripts/setup.sh all
 
 wasm:
-	cargo build --release --target $(WASM_TARGET) $(FILTER_CRATES)
+	cargo build --release --target $(WASM_TARGET) $(FILTER_CRATES) $(BENCH_CRATES)

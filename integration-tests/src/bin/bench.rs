@@ -73,6 +73,7 @@ fn main() {
     let mut variants = vec![
         start("bare", "Envoy, router only", base()),
         start("noop", "+ empty proxy-wasm filter (the floor)", base().wasm_filter("noop", json!({}))),
+        start("reads", "+ only the 5 host reads metrics makes", base().wasm_filter("read_probe", json!({}))),
         start("metrics", "+ metrics filter", base().wasm_filter("metrics", json!({}))),
     ];
 
