@@ -38,3 +38,25 @@ fn compose_runs_the_pinned_envoy_version() {
     let version = String::from_utf8_lossy(&version.stdout);
     assert!(version.contains(&format!("/{pinned}/")), "the tests' Envoy is not {pinned}: {version}");
 }
+
+/// Docker cannot run here, so what the compose gateway loads is checked against what the
+/// Dockerfile builds: every module `envoy/compose.yaml` names is copied into the image, and
+/// every file the compose file mounts exists.
+#[test]
+fn compose_gateway_gets_every_module_it_loads() {
+    let root = paths::repo_root();
+    let envoy_config = std::fs::read_to_string(root.join("envoy/compose.yaml")).unwrap();
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    let modules: Vec<&str> =
+        envoy_config.split("/etc/envoy/wasm/").skip(1).filter_map(|rest| rest.split(".wasm").next()).collect();
+    assert!(!modules.is_empty(), "compose.yaml loads no module");
+    for module in modules {
+        let copied = format!("/src/target/wasm32-wasip1/release/{module}.wasm");
+        assert!(dockerfile.contains(&copied), "docker/Dockerfile does not copy {module}.wasm");
+    }
+    let compose = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    for mounted in compose.lines().filter_map(|l| l.trim().strip_prefix("- ./")).map(|l| l.split(':').next().unwrap()) {
+        assert!(root.join(mounted).is_file(), "docker-compose.yml mounts ./{mounted}, which does not exist");
+    }
+    assert!(root.join("docker/Dockerfile").is_file());
+}
