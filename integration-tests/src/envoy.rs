@@ -4,6 +4,7 @@
 
 use crate::client;
 use crate::paths;
+use crate::process;
 use crate::prometheus_text::Series;
 use crate::scratch::ScratchDir;
 use std::process::{Child, Command, Stdio};
@@ -38,25 +39,26 @@ impl Envoy {
         let log_path = scratch.path().join("envoy.log");
         std::fs::write(&config_path, config).map_err(|e| format!("cannot write config: {e}"))?;
         let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create log: {e}"))?;
-        let child = Command::new(&binary)
-            .arg("--config-path")
-            .arg(&config_path)
-            .arg("--admin-address-path")
-            .arg(&admin_path)
-            .args([
-                "--concurrency",
-                &concurrency.to_string(),
-                "--disable-hot-restart",
-                "--log-level",
-                "warning",
-                "--component-log-level",
-                "wasm:info",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let child = process::spawn_tied(
+            Command::new(&binary)
+                .arg("--config-path")
+                .arg(&config_path)
+                .arg("--admin-address-path")
+                .arg(&admin_path)
+                .args([
+                    "--concurrency",
+                    &concurrency.to_string(),
+                    "--disable-hot-restart",
+                    "--log-level",
+                    "warning",
+                    "--component-log-level",
+                    "wasm:info",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
         let mut envoy = Envoy { child, scratch, admin: String::new(), listeners: Vec::new() };
         envoy.wait_until_ready()?;
         Ok(envoy)

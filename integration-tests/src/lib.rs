@@ -8,5 +8,6 @@ pub mod demo;
 pub mod envoy;
 pub mod gateway;
 pub mod paths;
+pub mod process;
 pub mod prometheus_text;
 pub mod scratch;

@@ -6,6 +6,7 @@ use integration_tests::client;
 use integration_tests::envoy::Envoy;
 use integration_tests::gateway::Gateway;
 use integration_tests::paths;
+use integration_tests::process;
 use integration_tests::scratch::ScratchDir;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -32,15 +33,16 @@ impl Prometheus {
         std::fs::write(scratch.path().join("prometheus.yml"), config).unwrap();
         let port = free_port();
         let log = std::fs::File::create(scratch.path().join("prometheus.log")).unwrap();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", scratch.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", scratch.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start prometheus");
+        let child = process::spawn_tied(
+            Command::new(binary)
+                .arg(format!("--config.file={}", scratch.path().join("prometheus.yml").display()))
+                .arg(format!("--storage.tsdb.path={}", scratch.path().join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .expect("start prometheus");
         Prometheus { child, url: format!("http://127.0.0.1:{port}"), scratch }
     }
 
