@@ -24,7 +24,6 @@ proxy_wasm::main! {{
 
 /// Everything one VM (one Envoy worker) keeps between requests.
 struct Worker {
-    config: MetricsConfig,
     recorder: Recorder,
     /// Envoy metric ids per series key: defining a metric is a host call with a string, so
     /// each distinct combination is named and defined once per worker.
@@ -60,7 +59,7 @@ impl RootContext for MetricsRoot {
                     return false;
                 }
             };
-        let recorder = Recorder::new(config.clone());
+        let recorder = Recorder::new(config);
         // Envoy configures the plugin on its main thread before starting the workers, so the
         // keys exist before any request can update them.
         if let Err(error) = recorder.create_shared_keys(&HostSharedData) {
@@ -68,7 +67,6 @@ impl RootContext for MetricsRoot {
             return false;
         }
         self.worker = Some(Rc::new(RefCell::new(Worker {
-            config,
             recorder,
             series: HashMap::new(),
             overflow_ids: HashMap::new(),
@@ -130,7 +128,7 @@ impl HttpContext for MetricsHttp {
             (Some(started), Ok(now)) => Some(now.duration_since(started).map_or(0, |d| d.as_millis() as u64)),
             _ => None,
         };
-        let raw_values = read_label_values(&worker.config);
+        let raw_values = read_label_values(worker.recorder.config());
         let sample = Sample { duration_ms, request_bytes: self.request_bytes, response_bytes: self.response_bytes };
         worker.record(&raw_values, &sample);
     }

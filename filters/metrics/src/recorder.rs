@@ -34,16 +34,21 @@ pub struct SeriesNames {
     pub response_bytes: String,
 }
 
-/// One worker's recorder: the compiled labels plus that worker's view of admitted values.
+/// One worker's recorder: the compiled config plus that worker's view of admitted values.
 pub struct Recorder {
-    labels: Vec<LabelSpec>,
+    config: MetricsConfig,
+    /// One per label, in `config.labels` order.
     admitted: Vec<LabelValues>,
 }
 
 impl Recorder {
     pub fn new(config: MetricsConfig) -> Self {
         let admitted = config.labels.iter().map(|label| LabelValues::new(&label.name, label.max_values)).collect();
-        Recorder { labels: config.labels, admitted }
+        Recorder { config, admitted }
+    }
+
+    pub fn config(&self) -> &MetricsConfig {
+        &self.config
     }
 
     /// Creates the shared keys behind the cardinality caps; call while configuring.
@@ -62,7 +67,7 @@ impl Recorder {
     ) {
         key.clear();
         overflowed.clear();
-        for (index, (label, admitted)) in self.labels.iter().zip(self.admitted.iter_mut()).enumerate() {
+        for (index, (label, admitted)) in self.config.labels.iter().zip(self.admitted.iter_mut()).enumerate() {
             let raw = raw_values.get(index).and_then(Option::as_deref);
             let id = match raw.and_then(sanitize) {
                 None => MISSING,
@@ -81,7 +86,7 @@ impl Recorder {
     /// The stat names for a key made by [`Recorder::resolve`] on this recorder.
     pub fn series_names(&self, key: &[u32]) -> SeriesNames {
         let value = |index: usize| -> &str {
-            let (Some(label), Some(admitted)) = (self.labels.get(index), self.admitted.get(index)) else {
+            let (Some(label), Some(admitted)) = (self.config.labels.get(index), self.admitted.get(index)) else {
                 return "none";
             };
             match key.get(index).copied().unwrap_or(MISSING) {
@@ -90,9 +95,9 @@ impl Recorder {
                 id => admitted.value(id - FIRST_VALUE).unwrap_or(OVERFLOW_VALUE),
             }
         };
-        let all = self.labels.iter().enumerate().map(|(index, label)| (label.name.as_str(), value(index)));
+        let all = self.config.labels.iter().enumerate().map(|(index, label)| (label.name.as_str(), value(index)));
         let traffic = TRAFFIC_LABELS.map(|name| {
-            let index = self.labels.iter().position(|label| label.name == name);
+            let index = self.config.labels.iter().position(|label| label.name == name);
             (name, index.map_or("none", value))
         });
         SeriesNames {
@@ -105,7 +110,7 @@ impl Recorder {
 
     /// The overflow counter of the label at `index`.
     pub fn overflow_name(&self, index: usize) -> String {
-        let label = self.labels.get(index).map_or("unknown", |label| label.name.as_str());
+        let label = self.config.labels.get(index).map_or("unknown", |label| label.name.as_str());
         stat_name(LABEL_OVERFLOW, [("label", label)])
     }
 }
