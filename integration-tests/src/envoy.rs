@@ -162,6 +162,23 @@ impl Envoy {
         }
     }
 
+    /// Downstream connections each of `workers` worker threads accepted so far: tests of
+    /// cross-worker behaviour check that every worker really took part.
+    pub fn connections_per_worker(&self, workers: u32) -> Vec<f64> {
+        let text = self.prometheus_text();
+        (0..workers)
+            .map(|worker| {
+                text.lines()
+                    .filter(|line| {
+                        line.starts_with("envoy_listener_worker_downstream_cx_total{")
+                            && line.contains(&format!("worker_id=\"{worker}\""))
+                    })
+                    .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            })
+            .collect()
+    }
+
     /// Whether Envoy is still running (a config it rejected at runtime may make it exit).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

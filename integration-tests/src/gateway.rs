@@ -5,14 +5,18 @@
 use serde_json::{json, Value};
 use std::path::Path;
 
-/// Labels the metrics filter always emits, plus the overflow counter's `label`.
-pub const METRICS_LABELS: [&str; 6] = ["route", "upstream", "method", "code", "consumer", "label"];
+/// Labels our filters' metrics carry: the metrics filter's (plus its overflow counter's
+/// `label`) and the ratelimit filter's `rule`, `decision` and `reason`.
+pub const GATEWAY_LABELS: [&str; 9] =
+    ["route", "upstream", "method", "code", "consumer", "label", "rule", "decision", "reason"];
 
 pub struct Gateway {
     routes: Vec<Value>,
     clusters: Vec<Value>,
     filters: Vec<Value>,
     tag_labels: Vec<String>,
+    /// `(use_remote_address, xff_num_trusted_hops)` of the connection manager.
+    client_address: Option<u32>,
 }
 
 impl Default for Gateway {
@@ -21,7 +25,8 @@ impl Default for Gateway {
             routes: vec![],
             clusters: vec![],
             filters: vec![],
-            tag_labels: METRICS_LABELS.map(String::from).to_vec(),
+            tag_labels: GATEWAY_LABELS.map(String::from).to_vec(),
+            client_address: None,
         }
     }
 }
@@ -82,6 +87,13 @@ impl Gateway {
         self
     }
 
+    /// Makes Envoy take the client address from the TCP peer (`use_remote_address: true`),
+    /// trusting `xff_num_trusted_hops` proxies' entries in `x-forwarded-for`, as at an edge.
+    pub fn use_remote_address(mut self, xff_num_trusted_hops: u32) -> Gateway {
+        self.client_address = Some(xff_num_trusted_hops);
+        self
+    }
+
     /// Adds a stats tag for an extra metrics label (built-in labels are always tagged).
     pub fn tag_label(mut self, label: &str) -> Gateway {
         self.tag_labels.push(label.to_string());
@@ -94,6 +106,16 @@ impl Gateway {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
+        let mut connection_manager = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "gateway",
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": self.routes}]},
+            "http_filters": filters
+        });
+        if let Some(hops) = self.client_address {
+            connection_manager["use_remote_address"] = json!(true);
+            connection_manager["xff_num_trusted_hops"] = json!(hops);
+        }
         json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
             "stats_config": {"stats_tags": stats_tags(&self.tag_labels)},
@@ -105,12 +127,7 @@ impl Gateway {
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
                     "filter_chains": [{"filters": [{
                         "name": "envoy.filters.network.http_connection_manager",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                            "stat_prefix": "gateway",
-                            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": self.routes}]},
-                            "http_filters": filters
-                        }
+                        "typed_config": connection_manager
                     }]}]
                 }],
                 "clusters": self.clusters

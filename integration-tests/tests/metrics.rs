@@ -143,19 +143,7 @@ fn values_over_the_cap_become_other_across_two_workers() {
     let envoy = &setup.envoy;
 
     // Both workers took connections.
-    let per_worker: Vec<f64> = (0..2)
-        .map(|worker| {
-            envoy
-                .prometheus_text()
-                .lines()
-                .filter(|l| {
-                    l.starts_with("envoy_listener_worker_downstream_cx_total{")
-                        && l.contains(&format!("worker_id=\"{worker}\""))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        })
-        .collect();
+    let per_worker = envoy.connections_per_worker(2);
     assert!(per_worker.iter().all(|&n| n > 0.0), "connections per worker: {per_worker:?}");
 
     let series = envoy.series(REQUESTS);

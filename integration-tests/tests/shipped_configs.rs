@@ -6,7 +6,7 @@ use integration_tests::backend::Backend;
 use integration_tests::client;
 use integration_tests::demo;
 use integration_tests::envoy::{self, Envoy};
-use integration_tests::gateway::{stats_tag_regex, METRICS_LABELS};
+use integration_tests::gateway::{stats_tag_regex, GATEWAY_LABELS};
 use integration_tests::paths;
 use integration_tests::scratch::ScratchDir;
 
@@ -50,10 +50,10 @@ fn every_shipped_config_passes_envoy_validate() {
 }
 
 #[test]
-fn shipped_stats_tags_match_the_metrics_filter_labels() {
+fn shipped_stats_tags_match_the_filters_labels() {
     for config in shipped_configs() {
         let yaml = std::fs::read_to_string(&config).unwrap();
-        for label in METRICS_LABELS {
+        for label in GATEWAY_LABELS {
             let entry = format!("- tag_name: {label}\n      regex: '{}'", stats_tag_regex(label));
             assert!(yaml.contains(&entry), "{} lacks the stats tag for `{label}`:\n{entry}", config.display());
         }

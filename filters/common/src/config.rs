@@ -52,6 +52,18 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     Ok(value)
 }
 
+/// Checks an HTTP header name (RFC 9110 token) and returns it lower-cased, as Envoy stores
+/// header names.
+pub fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    let valid =
+        !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
+    if valid {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(ConfigError::field(field, format!("`{name}` is not an HTTP header name")))
+    }
+}
+
 /// serde_json appends " at line L column C" to its messages; we report the position separately.
 fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {

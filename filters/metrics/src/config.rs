@@ -2,11 +2,11 @@
 //! into [`MetricsConfig`].
 
 use crate::labels::{is_label_value, OVERFLOW_VALUE};
-use gateway_common::config::{parse_json, ConfigError};
+use gateway_common::config::{header_name, parse_json, ConfigError};
+use gateway_common::CONSUMER_HEADER;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 
-pub const DEFAULT_CONSUMER_HEADER: &str = "x-gateway-consumer";
 pub const DEFAULT_MAX_VALUES: u32 = 100;
 /// Each label's admitted values live in one shared-data value that a worker re-reads when it
 /// meets a value it has not seen; the ceiling keeps that read small.
@@ -37,7 +37,7 @@ struct RawExtraLabel {
 }
 
 fn default_consumer_header() -> String {
-    DEFAULT_CONSUMER_HEADER.to_string()
+    CONSUMER_HEADER.to_string()
 }
 
 fn default_max_values() -> u32 {
@@ -164,16 +164,6 @@ fn compile(raw: RawConfig) -> Result<MetricsConfig, ConfigError> {
     }
 
     Ok(MetricsConfig { consumer_header, labels })
-}
-
-fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
-    let valid =
-        !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
-    if valid {
-        Ok(name.to_ascii_lowercase())
-    } else {
-        Err(ConfigError::field(field, format!("`{name}` is not an HTTP header name")))
-    }
 }
 
 fn check_max_values(value: u32, field: &str) -> Result<(), ConfigError> {

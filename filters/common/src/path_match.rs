@@ -1,0 +1,153 @@
+//! Request path matching shared by the filters' rules: exact, prefix, or a template such as
+//! `/users/{id}/orders` where `{name}` stands for exactly one non-empty path segment.
+//!
+//! Paths are matched as Envoy hands them to the filter (`:path`), without the query string;
+//! Envoy's own path normalization, if enabled on the listener, has already run.
+
+use crate::config::ConfigError;
+use serde::Deserialize;
+
+/// The JSON form: exactly one of `exact`, `prefix`, `template`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum RawPathMatch {
+    Exact(String),
+    Prefix(String),
+    Template(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Template(Vec<Segment>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    /// A named parameter: one non-empty segment.
+    Parameter(String),
+}
+
+impl PathMatch {
+    pub fn compile(raw: &RawPathMatch, field: &str) -> Result<PathMatch, ConfigError> {
+        let (kind, text) = match raw {
+            RawPathMatch::Exact(text) => ("exact", text),
+            RawPathMatch::Prefix(text) => ("prefix", text),
+            RawPathMatch::Template(text) => ("template", text),
+        };
+        let field = format!("{field}.{kind}");
+        if !text.starts_with('/') {
+            return Err(ConfigError::field(field, format!("`{text}` must start with `/`")));
+        }
+        if text.contains(['?', '#']) {
+            return Err(ConfigError::field(field, "paths are matched without the query string; remove `?` and `#`"));
+        }
+        Ok(match raw {
+            RawPathMatch::Exact(_) => PathMatch::Exact(text.clone()),
+            RawPathMatch::Prefix(_) => PathMatch::Prefix(text.clone()),
+            RawPathMatch::Template(_) => PathMatch::Template(compile_template(text, &field)?),
+        })
+    }
+
+    /// `path` is the request's `:path` with or without its query string.
+    pub fn matches(&self, path: &str) -> bool {
+        let path = strip_query(path);
+        match self {
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Template(segments) => {
+                let mut parts = path.split('/').skip(1);
+                let all_match = segments.iter().all(|segment| match (segment, parts.next()) {
+                    (Segment::Literal(literal), Some(part)) => part == literal,
+                    (Segment::Parameter(_), Some(part)) => !part.is_empty(),
+                    (_, None) => false,
+                });
+                all_match && parts.next().is_none()
+            }
+        }
+    }
+}
+
+/// The path without `?query` (and without a stray `#fragment`).
+pub fn strip_query(path: &str) -> &str {
+    match path.find(['?', '#']) {
+        Some(end) => path.get(..end).unwrap_or(path),
+        None => path,
+    }
+}
+
+fn compile_template(text: &str, field: &str) -> Result<Vec<Segment>, ConfigError> {
+    let mut segments = Vec::new();
+    for part in text.split('/').skip(1) {
+        if let Some(name) = part.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')) {
+            let valid = !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
+            if !valid {
+                return Err(ConfigError::field(field, format!("`{{{name}}}` is not a parameter name ([A-Za-z0-9_]+)")));
+            }
+            if segments.contains(&Segment::Parameter(name.to_string())) {
+                return Err(ConfigError::field(field, format!("parameter `{name}` appears twice")));
+            }
+            segments.push(Segment::Parameter(name.to_string()));
+        } else if part.contains(['{', '}']) {
+            return Err(ConfigError::field(
+                field,
+                format!("segment `{part}`: a parameter must be a whole segment, like `/{{id}}/`"),
+            ));
+        } else {
+            segments.push(Segment::Literal(part.to_string()));
+        }
+    }
+    Ok(segments)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(text: &str) -> PathMatch {
+        PathMatch::compile(&RawPathMatch::Template(text.into()), "match.path").unwrap()
+    }
+
+    #[test]
+    fn exact_and_prefix_ignore_the_query() {
+        let exact = PathMatch::compile(&RawPathMatch::Exact("/login".into()), "p").unwrap();
+        assert!(exact.matches("/login"));
+        assert!(exact.matches("/login?next=/"));
+        assert!(!exact.matches("/login/"));
+        let prefix = PathMatch::compile(&RawPathMatch::Prefix("/api/".into()), "p").unwrap();
+        assert!(prefix.matches("/api/users?x"));
+        assert!(!prefix.matches("/api"));
+        assert!(!prefix.matches("/apix/"));
+    }
+
+    #[test]
+    fn template_parameters_take_exactly_one_non_empty_segment() {
+        let users = template("/users/{id}/orders");
+        assert!(users.matches("/users/42/orders"));
+        assert!(users.matches("/users/42/orders?page=2"));
+        assert!(!users.matches("/users//orders"));
+        assert!(!users.matches("/users/42/orders/7"));
+        assert!(!users.matches("/users/42"));
+        assert!(!users.matches("/users/4/2/orders"));
+        assert!(template("/").matches("/"));
+        assert!(!template("/").matches("/x"));
+    }
+
+    #[test]
+    fn bad_templates_name_the_field() {
+        for (text, expected) in [
+            ("users/{id}", "must start with `/`"),
+            ("/users/{}", "is not a parameter name"),
+            ("/users/{a-b}", "is not a parameter name"),
+            ("/users/x{id}", "must be a whole segment"),
+            ("/a/{id}/b/{id}", "appears twice"),
+            ("/a?b", "without the query string"),
+        ] {
+            let error = PathMatch::compile(&RawPathMatch::Template(text.into()), "rules[0].match.path").unwrap_err();
+            assert_eq!(error.field, "rules[0].match.path.template", "{text}");
+            assert!(error.message.contains(expected), "{text}: {}", error.message);
+        }
+    }
+}

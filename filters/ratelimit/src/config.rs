@@ -1,0 +1,457 @@
+//! The ratelimit filter's configuration: JSON in Envoy's `configuration` field, compiled once
+//! into [`RateLimitConfig`].
+
+use crate::gcra::Limit;
+use crate::table::WAYS;
+use gateway_common::config::{header_name, parse_json, ConfigError};
+use gateway_common::path_match::{PathMatch, RawPathMatch};
+use gateway_common::CONSUMER_HEADER;
+use serde::Deserialize;
+
+pub const DEFAULT_CAPACITY: u32 = 65_536;
+/// 16 Mi buckets: about 600 MiB of shared data when full, far past any sensible table.
+pub const MAX_CAPACITY: u32 = 1 << 24;
+/// At most this many requests per period (keeps the tick arithmetic far from overflow).
+pub const MAX_REQUESTS: u64 = 1_000_000_000;
+/// At most a year per period.
+pub const MAX_PERIOD_SECONDS: u64 = 366 * 86_400;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_consumer_header")]
+    consumer_header: String,
+    #[serde(default = "default_capacity")]
+    capacity: u32,
+    #[serde(default)]
+    failure_policy: FailurePolicy,
+    #[serde(default)]
+    legacy_headers: bool,
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(default, rename = "match")]
+    matcher: RawMatch,
+    key: Vec<RawKeyPart>,
+    limit: RawLimit,
+    #[serde(default)]
+    shadow: bool,
+    #[serde(default = "default_true")]
+    headers: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    path: Option<RawPathMatch>,
+    #[serde(default)]
+    methods: Vec<String>,
+    route: Option<String>,
+    #[serde(default)]
+    headers: Vec<RawHeaderMatch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    name: String,
+    present: Option<bool>,
+    equals: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawKeyPart {
+    ClientIp,
+    Consumer,
+    Path,
+    Route,
+    Header(String),
+    Fixed(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    requests: u64,
+    per: String,
+    burst: Option<u64>,
+}
+
+fn default_consumer_header() -> String {
+    CONSUMER_HEADER.to_string()
+}
+
+fn default_capacity() -> u32 {
+    DEFAULT_CAPACITY
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What happens to a request whose bucket cannot be read or written (shared data failed,
+/// every compare-and-swap attempt lost, or the bucket's table group is full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Let the request through (as Envoy's rate limit filter does by default).
+    #[default]
+    FailOpen,
+    /// Answer 503 with `Retry-After: 1`.
+    FailClosed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    pub consumer_header: String,
+    /// Table groups (`capacity / WAYS`, rounded up).
+    pub groups: u32,
+    pub failure_policy: FailurePolicy,
+    pub legacy_headers: bool,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// `[A-Za-z0-9_-]{1,64}`: it appears in metric names and response headers.
+    pub name: String,
+    pub matcher: Match,
+    pub key: Vec<KeyPart>,
+    pub limit: Limit,
+    pub shadow: bool,
+    pub headers: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Match {
+    pub path: Option<PathMatch>,
+    /// Upper-case methods; empty means any.
+    pub methods: Vec<String>,
+    pub route: Option<String>,
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub condition: HeaderCondition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderCondition {
+    Present,
+    Absent,
+    Equals(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    ClientIp,
+    Consumer,
+    Path,
+    Route,
+    /// Lower-case header name.
+    Header(String),
+    Fixed(String),
+}
+
+impl RateLimitConfig {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        compile(parse_json(bytes)?)
+    }
+}
+
+fn compile(raw: RawConfig) -> Result<RateLimitConfig, ConfigError> {
+    let consumer_header = header_name(&raw.consumer_header, "consumer_header")?;
+    if !(1..=MAX_CAPACITY).contains(&raw.capacity) {
+        return Err(ConfigError::field("capacity", format!("must be between 1 and {MAX_CAPACITY}")));
+    }
+    let groups = raw.capacity.div_ceil(WAYS as u32);
+    if raw.rules.is_empty() {
+        return Err(ConfigError::field("rules", "must list at least one rule"));
+    }
+    let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+    for (index, rule) in raw.rules.into_iter().enumerate() {
+        let rule = compile_rule(rule, &format!("rules[{index}]"))?;
+        if rules.iter().any(|other| other.name == rule.name) {
+            return Err(ConfigError::field(
+                format!("rules[{index}].name"),
+                format!("`{}` names another rule too", rule.name),
+            ));
+        }
+        rules.push(rule);
+    }
+    Ok(RateLimitConfig {
+        consumer_header,
+        groups,
+        failure_policy: raw.failure_policy,
+        legacy_headers: raw.legacy_headers,
+        rules,
+    })
+}
+
+fn compile_rule(raw: RawRule, field: &str) -> Result<Rule, ConfigError> {
+    let valid_name = (1..=64).contains(&raw.name.len())
+        && raw.name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+    if !valid_name {
+        return Err(ConfigError::field(
+            format!("{field}.name"),
+            format!("`{}` is not [A-Za-z0-9_-]{{1,64}}", raw.name),
+        ));
+    }
+    if raw.key.is_empty() {
+        return Err(ConfigError::field(
+            format!("{field}.key"),
+            "must list at least one part (use [{\"fixed\": \"all\"}] for one limit shared by every client)",
+        ));
+    }
+    let key = raw
+        .key
+        .into_iter()
+        .enumerate()
+        .map(|(index, part)| {
+            Ok(match part {
+                RawKeyPart::ClientIp => KeyPart::ClientIp,
+                RawKeyPart::Consumer => KeyPart::Consumer,
+                RawKeyPart::Path => KeyPart::Path,
+                RawKeyPart::Route => KeyPart::Route,
+                RawKeyPart::Header(name) => {
+                    KeyPart::Header(header_name(&name, &format!("{field}.key[{index}].header"))?)
+                }
+                RawKeyPart::Fixed(text) => KeyPart::Fixed(text),
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Ok(Rule {
+        name: raw.name,
+        matcher: compile_match(raw.matcher, &format!("{field}.match"))?,
+        key,
+        limit: compile_limit(&raw.limit, &format!("{field}.limit"))?,
+        shadow: raw.shadow,
+        headers: raw.headers,
+    })
+}
+
+fn compile_match(raw: RawMatch, field: &str) -> Result<Match, ConfigError> {
+    let path = raw.path.as_ref().map(|path| PathMatch::compile(path, &format!("{field}.path"))).transpose()?;
+    let mut methods = Vec::with_capacity(raw.methods.len());
+    for (index, method) in raw.methods.iter().enumerate() {
+        if method.is_empty() || !method.bytes().all(|byte| byte.is_ascii_alphabetic()) {
+            return Err(ConfigError::field(format!("{field}.methods[{index}]"), format!("`{method}` is not a method")));
+        }
+        methods.push(method.to_ascii_uppercase());
+    }
+    let mut headers = Vec::with_capacity(raw.headers.len());
+    for (index, header) in raw.headers.into_iter().enumerate() {
+        let field = format!("{field}.headers[{index}]");
+        let name = header_name(&header.name, &format!("{field}.name"))?;
+        let condition = match (header.present, header.equals) {
+            (Some(true), None) => HeaderCondition::Present,
+            (Some(false), None) => HeaderCondition::Absent,
+            (None, Some(value)) => HeaderCondition::Equals(value),
+            _ => return Err(ConfigError::field(field, "set exactly one of `present` and `equals`")),
+        };
+        headers.push(HeaderMatch { name, condition });
+    }
+    Ok(Match { path, methods, route: raw.route, headers })
+}
+
+fn compile_limit(raw: &RawLimit, field: &str) -> Result<Limit, ConfigError> {
+    if !(1..=MAX_REQUESTS).contains(&raw.requests) {
+        return Err(ConfigError::field(format!("{field}.requests"), format!("must be between 1 and {MAX_REQUESTS}")));
+    }
+    let period_seconds =
+        parse_period(&raw.per).map_err(|message| ConfigError::field(format!("{field}.per"), message))?;
+    let burst = raw.burst.unwrap_or(raw.requests);
+    if !(1..=MAX_REQUESTS).contains(&burst) {
+        return Err(ConfigError::field(format!("{field}.burst"), format!("must be between 1 and {MAX_REQUESTS}")));
+    }
+    Ok(Limit { requests: raw.requests, period_seconds, burst })
+}
+
+/// `second`, `minute`, `hour`, `day`, or a whole number of seconds, minutes, hours or days
+/// (`30s`, `5m`, `12h`, `7d`).
+fn parse_period(text: &str) -> Result<u64, String> {
+    let seconds = match text {
+        "second" => Some(1),
+        "minute" => Some(60),
+        "hour" => Some(3_600),
+        "day" => Some(86_400),
+        _ => {
+            let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+            let (number, unit) = text.split_at(split);
+            let unit_seconds = match unit {
+                "s" => Some(1u64),
+                "m" => Some(60),
+                "h" => Some(3_600),
+                "d" => Some(86_400),
+                _ => None,
+            };
+            match (number.parse::<u64>(), unit_seconds) {
+                (Ok(number), Some(unit_seconds)) => Some(number.saturating_mul(unit_seconds)),
+                _ => None,
+            }
+        }
+    };
+    match seconds {
+        None => Err(format!("`{text}` is not a period: use second, minute, hour, day, or a number with s, m, h or d")),
+        Some(0) => Err("the period must be at least one second".to_string()),
+        Some(seconds) if seconds > MAX_PERIOD_SECONDS => Err("the period must be at most 366 days".to_string()),
+        Some(seconds) => Ok(seconds),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: serde_json::Value) -> Result<RateLimitConfig, ConfigError> {
+        RateLimitConfig::parse(value.to_string().as_bytes())
+    }
+
+    fn one_rule(rule: serde_json::Value) -> serde_json::Value {
+        json!({"rules": [rule]})
+    }
+
+    fn minimal_rule() -> serde_json::Value {
+        json!({"name": "per-ip", "key": ["client_ip"], "limit": {"requests": 10, "per": "second"}})
+    }
+
+    #[test]
+    fn a_minimal_rule_gets_the_documented_defaults() {
+        let config = parse(one_rule(minimal_rule())).unwrap();
+        assert_eq!(config.consumer_header, "x-gateway-consumer");
+        assert_eq!(config.groups, DEFAULT_CAPACITY / WAYS as u32);
+        assert_eq!(config.failure_policy, FailurePolicy::FailOpen);
+        assert!(!config.legacy_headers);
+        let rule = &config.rules[0];
+        assert_eq!(rule.limit, Limit { requests: 10, period_seconds: 1, burst: 10 });
+        assert_eq!(rule.matcher, Match::default());
+        assert!(!rule.shadow);
+        assert!(rule.headers);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let config = parse(json!({
+            "consumer_header": "X-Consumer",
+            "capacity": 100,
+            "failure_policy": "fail_closed",
+            "legacy_headers": true,
+            "rules": [{
+                "name": "orders_Writes-1",
+                "match": {
+                    "path": {"template": "/orders/{id}"},
+                    "methods": ["post", "PUT"],
+                    "route": "orders",
+                    "headers": [{"name": "X-Plan", "equals": "free"}, {"name": "x-debug", "present": false}]
+                },
+                "key": ["client_ip", "consumer", "path", "route", {"header": "X-Api-Key"}, {"fixed": "all"}],
+                "limit": {"requests": 5, "per": "90s", "burst": 2},
+                "shadow": true,
+                "headers": false
+            }]
+        }))
+        .unwrap();
+        assert_eq!(config.consumer_header, "x-consumer");
+        assert_eq!(config.groups, 13);
+        assert_eq!(config.failure_policy, FailurePolicy::FailClosed);
+        assert!(config.legacy_headers);
+        let rule = &config.rules[0];
+        assert_eq!(rule.matcher.methods, ["POST", "PUT"]);
+        assert_eq!(rule.matcher.route.as_deref(), Some("orders"));
+        assert!(rule.matcher.path.as_ref().unwrap().matches("/orders/7"));
+        assert_eq!(
+            rule.matcher.headers,
+            [
+                HeaderMatch { name: "x-plan".into(), condition: HeaderCondition::Equals("free".into()) },
+                HeaderMatch { name: "x-debug".into(), condition: HeaderCondition::Absent },
+            ]
+        );
+        assert_eq!(
+            rule.key,
+            [
+                KeyPart::ClientIp,
+                KeyPart::Consumer,
+                KeyPart::Path,
+                KeyPart::Route,
+                KeyPart::Header("x-api-key".into()),
+                KeyPart::Fixed("all".into())
+            ]
+        );
+        assert_eq!(rule.limit, Limit { requests: 5, period_seconds: 90, burst: 2 });
+        assert!(rule.shadow);
+        assert!(!rule.headers);
+    }
+
+    #[test]
+    fn periods() {
+        for (text, seconds) in [
+            ("second", 1),
+            ("minute", 60),
+            ("hour", 3600),
+            ("day", 86400),
+            ("1s", 1),
+            ("15m", 900),
+            ("2h", 7200),
+            ("7d", 604800),
+        ] {
+            assert_eq!(parse_period(text), Ok(seconds), "{text}");
+        }
+        for text in ["", "0s", "s", "1", "1w", "1.5s", "-1s", "seconds", "367d", "99999999999999999999s"] {
+            assert!(parse_period(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let with = |patch: serde_json::Value| {
+            let mut rule = minimal_rule();
+            for (key, value) in patch.as_object().unwrap() {
+                rule[key] = value.clone();
+            }
+            one_rule(rule)
+        };
+        let cases = [
+            (json!({"rules": []}), "rules", "at least one rule"),
+            (json!({}), ".", "missing field `rules`"),
+            (json!({"capacity": 0, "rules": [minimal_rule()]}), "capacity", "between 1"),
+            (json!({"failure_policy": "maybe", "rules": [minimal_rule()]}), "failure_policy", "unknown variant"),
+            (json!({"rules": [minimal_rule()], "extra": 1}), "extra", "unknown field"),
+            (json!({"rules": [minimal_rule(), minimal_rule()]}), "rules[1].name", "names another rule"),
+            (with(json!({"name": "a.b"})), "rules[0].name", "is not"),
+            (with(json!({"name": ""})), "rules[0].name", "is not"),
+            (with(json!({"key": []})), "rules[0].key", "at least one part"),
+            (with(json!({"key": ["ip"]})), "rules[0].key[0]", "unknown variant `ip`"),
+            (with(json!({"key": [{"header": "bad header"}]})), "rules[0].key[0].header", "not an HTTP header name"),
+            (with(json!({"limit": {"requests": 0, "per": "second"}})), "rules[0].limit.requests", "between 1"),
+            (with(json!({"limit": {"requests": 1, "per": "0s"}})), "rules[0].limit.per", "at least one second"),
+            (with(json!({"limit": {"requests": 1, "per": "fortnight"}})), "rules[0].limit.per", "is not a period"),
+            (with(json!({"limit": {"requests": 1, "per": "second", "burst": 0}})), "rules[0].limit.burst", "between 1"),
+            (
+                with(json!({"limit": {"requests": 1, "per": "second", "brust": 2}})),
+                "rules[0].limit.brust",
+                "unknown field",
+            ),
+            (with(json!({"match": {"methods": ["G ET"]}})), "rules[0].match.methods[0]", "not a method"),
+            (with(json!({"match": {"path": {"template": "/a/{"}}})), "rules[0].match.path.template", "parameter"),
+            (with(json!({"match": {"headers": [{"name": "x"}]}})), "rules[0].match.headers[0]", "exactly one"),
+            (
+                with(json!({"match": {"headers": [{"name": "x", "present": true, "equals": "y"}]}})),
+                "rules[0].match.headers[0]",
+                "exactly one",
+            ),
+        ];
+        for (config, field, message) in cases {
+            let error = parse(config.clone()).unwrap_err();
+            assert_eq!(error.field, field, "{config}: {error}");
+            assert!(error.message.contains(message), "{config}: {error}");
+        }
+    }
+}

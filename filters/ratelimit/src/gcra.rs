@@ -1,0 +1,212 @@
+//! The bucket arithmetic: GCRA (generic cell rate algorithm), the token bucket expressed as
+//! one number per key, the theoretical arrival time (TAT), so one key's state fits one small
+//! shared-data entry and one compare-and-swap updates it.
+//!
+//! Time is counted in ticks of `1 / requests` nanoseconds, which makes the emission interval
+//! (`period / requests`) exactly `period` ticks: no rounding, so refill is exact to the
+//! nanosecond for any `requests` and `period`. A `u128` holds any wall-clock time in ticks.
+//!
+//! With burst `B` and interval `T`, a request at `now` is admitted when
+//! `TAT - now <= (B - 1) * T`; admitting it sets `TAT = max(TAT, now) + T`. An idle key
+//! (`TAT <= now`) has its whole burst available, exactly like a key never seen, which is what
+//! lets the table reuse such entries without changing anyone's limit.
+
+const NANOS_PER_SECOND: u128 = 1_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    /// Requests admitted per period at the sustained rate.
+    pub requests: u64,
+    pub period_seconds: u64,
+    /// Requests that can be admitted at once by a key that has been idle.
+    pub burst: u64,
+}
+
+/// The outcome of one request against one key's bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquire {
+    pub allowed: bool,
+    /// The key's new TAT (unchanged when rejected).
+    pub tat: u128,
+    /// Requests that could still be admitted right now.
+    pub remaining: u64,
+    /// Whole seconds until the bucket is full again (rounded up).
+    pub reset_seconds: u64,
+    /// For a rejection: whole seconds until a request would be admitted (rounded up, so never
+    /// earlier than the real refill). Zero when allowed.
+    pub retry_after_seconds: u64,
+}
+
+impl Limit {
+    fn interval(&self) -> u128 {
+        u128::from(self.period_seconds) * NANOS_PER_SECOND
+    }
+
+    pub fn now_ticks(&self, now_nanos: u64) -> u128 {
+        u128::from(now_nanos) * u128::from(self.requests)
+    }
+
+    fn ticks_to_seconds_ceil(&self, ticks: u128) -> u64 {
+        let per_second = NANOS_PER_SECOND * u128::from(self.requests);
+        u64::try_from(ticks.div_ceil(per_second)).unwrap_or(u64::MAX)
+    }
+
+    /// True when a key whose TAT is `tat` has its whole burst available again at `now_nanos`.
+    pub fn is_idle(&self, tat: u128, now_nanos: u64) -> bool {
+        tat <= self.now_ticks(now_nanos)
+    }
+
+    pub fn acquire(&self, tat: u128, now_nanos: u64) -> Acquire {
+        let now = self.now_ticks(now_nanos);
+        let interval = self.interval();
+        let tolerance = interval * u128::from(self.burst.saturating_sub(1));
+        let backlog = tat.saturating_sub(now);
+        if backlog <= tolerance {
+            let tat = now.max(tat) + interval;
+            Acquire {
+                allowed: true,
+                tat,
+                remaining: self.remaining(tat - now),
+                reset_seconds: self.ticks_to_seconds_ceil(tat - now),
+                retry_after_seconds: 0,
+            }
+        } else {
+            Acquire {
+                allowed: false,
+                tat,
+                remaining: 0,
+                reset_seconds: self.ticks_to_seconds_ceil(backlog),
+                retry_after_seconds: self.ticks_to_seconds_ceil(backlog - tolerance).max(1),
+            }
+        }
+    }
+
+    /// How many more requests fit in `burst * T` after `backlog` ticks are taken.
+    fn remaining(&self, backlog: u128) -> u64 {
+        let capacity = self.interval() * u128::from(self.burst);
+        u64::try_from(capacity.saturating_sub(backlog) / self.interval()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+    const START: u64 = 1_764_000_000 * SECOND;
+
+    fn limit(requests: u64, period_seconds: u64, burst: u64) -> Limit {
+        Limit { requests, period_seconds, burst }
+    }
+
+    /// Runs `count` requests at `at`, threading the TAT; returns how many were admitted.
+    fn admit(limit: &Limit, tat: &mut u128, at: u64, count: u64) -> u64 {
+        (0..count)
+            .filter(|_| {
+                let outcome = limit.acquire(*tat, at);
+                *tat = outcome.tat;
+                outcome.allowed
+            })
+            .count() as u64
+    }
+
+    #[test]
+    fn an_idle_key_admits_exactly_its_burst() {
+        for (requests, period, burst) in [(1, 1, 1), (10, 1, 10), (10, 1, 25), (100, 60, 5), (3, 1, 3)] {
+            let limit = limit(requests, period, burst);
+            let mut tat = 0;
+            assert_eq!(admit(&limit, &mut tat, START, 1000), burst, "{limit:?}");
+        }
+    }
+
+    #[test]
+    fn remaining_counts_down_to_zero() {
+        let limit = limit(5, 1, 5);
+        let mut tat = 0;
+        let seen: Vec<u64> = (0..6)
+            .map(|_| {
+                let outcome = limit.acquire(tat, START);
+                tat = outcome.tat;
+                outcome.remaining
+            })
+            .collect();
+        assert_eq!(seen, [4, 3, 2, 1, 0, 0]);
+    }
+
+    #[test]
+    fn refill_is_exact_to_the_nanosecond() {
+        // 3 per second: one request refills every 333_333_333.33 ns, which a nanosecond
+        // interval would have to round.
+        let limit = limit(3, 1, 3);
+        let admitted_after = |elapsed: u64| {
+            let mut tat = 0;
+            assert_eq!(admit(&limit, &mut tat, START, 3), 3);
+            admit(&limit, &mut tat, START + elapsed, 10)
+        };
+        assert_eq!(admitted_after(333_333_333), 0);
+        assert_eq!(admitted_after(333_333_334), 1);
+        assert_eq!(admitted_after(666_666_666), 1);
+        assert_eq!(admitted_after(666_666_667), 2);
+        assert_eq!(admitted_after(SECOND - 1), 2);
+        assert_eq!(admitted_after(SECOND), 3);
+        assert_eq!(admitted_after(100 * SECOND), 3, "never more than the burst");
+    }
+
+    #[test]
+    fn sustained_rate_over_a_long_run_is_exact() {
+        // 7 per 10 s with burst 2, one attempt every 100 ms for 1000 s.
+        let limit = limit(7, 10, 2);
+        let mut tat = 0;
+        let admitted: u64 = (0..10_000).map(|i| admit(&limit, &mut tat, START + i * SECOND / 10, 1)).sum();
+        // Burst 2 up front, then 7 per 10 s: at most 2 + 700 - 1 in 999.9 s.
+        assert_eq!(admitted, 2 + 699);
+    }
+
+    #[test]
+    fn retry_after_is_never_earlier_than_the_refill() {
+        let limit = limit(1, 60, 2);
+        let mut tat = 0;
+        assert_eq!(admit(&limit, &mut tat, START, 2), 2);
+        let rejected = limit.acquire(tat, START);
+        assert!(!rejected.allowed);
+        assert_eq!(rejected.retry_after_seconds, 60);
+        assert_eq!(rejected.reset_seconds, 120);
+        // Exactly at the promised time a request fits; a nanosecond before it does not.
+        assert!(!limit.acquire(tat, START + 60 * SECOND - 1).allowed);
+        assert!(limit.acquire(tat, START + 60 * SECOND).allowed);
+        // Rounded up: 0.4 s of waiting is reported as 1 s.
+        let fast = Limit { requests: 10, period_seconds: 4, burst: 1 };
+        let tat = fast.acquire(0, START).tat;
+        let rejected = fast.acquire(tat, START);
+        assert_eq!(rejected.retry_after_seconds, 1);
+        assert!(fast.acquire(tat, START + 400_000_000).allowed);
+    }
+
+    #[test]
+    fn a_rejection_does_not_consume() {
+        let limit = limit(1, 1, 1);
+        let tat = limit.acquire(0, START).tat;
+        let rejected = limit.acquire(tat, START + SECOND / 2);
+        assert_eq!(rejected.tat, tat);
+        assert!(limit.acquire(tat, START + SECOND).allowed);
+    }
+
+    #[test]
+    fn a_clock_step_backwards_only_makes_the_bucket_stricter() {
+        let limit = limit(10, 1, 10);
+        let mut tat = 0;
+        assert_eq!(admit(&limit, &mut tat, START, 5), 5);
+        // The clock jumps back 10 s: no extra grants appear.
+        assert_eq!(admit(&limit, &mut tat, START - 10 * SECOND, 100), 0);
+    }
+
+    #[test]
+    fn idle_means_full() {
+        let limit = limit(2, 1, 4);
+        let tat = limit.acquire(0, START).tat;
+        assert!(!limit.is_idle(tat, START));
+        assert!(!limit.is_idle(tat, START + SECOND / 2 - 1));
+        assert!(limit.is_idle(tat, START + SECOND / 2));
+        assert_eq!(limit.acquire(tat, START + SECOND / 2).remaining, 3);
+    }
+}

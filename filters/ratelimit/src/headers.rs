@@ -1,0 +1,123 @@
+//! The response headers and reply bodies the filter produces.
+//!
+//! - `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-10, structured
+//!   field Lists): one item per applied rule, named by the rule:
+//!   `RateLimit-Policy: "per-ip";q=20;w=60` and `RateLimit: "per-ip";r=19;t=3`.
+//!   `q` is the burst (what `r` counts down from) and `w` the seconds it takes to refill the
+//!   whole burst at the sustained rate (rounded up), so with the default burst it is exactly
+//!   `requests` per `per`.
+//! - Optionally the legacy `X-RateLimit-Limit/Remaining/Reset` (as Envoy's local_ratelimit
+//!   writes them), for the rule closest to its limit.
+//! - On 429: `Retry-After` in whole seconds, rounded up so a client that waits that long is
+//!   admitted.
+
+use crate::config::{RateLimitConfig, Rule};
+use crate::gcra::{Acquire, Limit};
+use crate::limiter::{Check, CheckResult};
+
+/// The headers describing every applied rule that has `headers` on.
+pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'static str, String)> {
+    let reported: Vec<(&Rule, &Acquire)> = checks
+        .iter()
+        .filter_map(|check| {
+            let rule = config.rules.get(check.rule).filter(|rule| rule.headers)?;
+            match &check.result {
+                CheckResult::Allowed(acquire)
+                | CheckResult::Rejected(acquire)
+                | CheckResult::ShadowRejected(acquire) => Some((rule, acquire)),
+                CheckResult::Failed(_) => None,
+            }
+        })
+        .collect();
+    if reported.is_empty() {
+        return Vec::new();
+    }
+    let policy = reported
+        .iter()
+        .map(|(rule, _)| format!("\"{}\";q={};w={}", rule.name, rule.limit.burst, refill_window_seconds(&rule.limit)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = reported
+        .iter()
+        .map(|(rule, acquire)| format!("\"{}\";r={};t={}", rule.name, acquire.remaining, acquire.reset_seconds))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut headers = vec![("ratelimit-policy", policy), ("ratelimit", state)];
+    if config.legacy_headers {
+        // The rule closest to its limit is the one a client must respect.
+        if let Some((rule, acquire)) = reported.iter().min_by_key(|(_, acquire)| acquire.remaining) {
+            headers.push(("x-ratelimit-limit", rule.limit.burst.to_string()));
+            headers.push(("x-ratelimit-remaining", acquire.remaining.to_string()));
+            headers.push(("x-ratelimit-reset", acquire.reset_seconds.to_string()));
+        }
+    }
+    headers
+}
+
+/// Seconds to refill `burst` requests at `requests / period`, rounded up.
+fn refill_window_seconds(limit: &Limit) -> u64 {
+    let seconds = u128::from(limit.burst) * u128::from(limit.period_seconds);
+    u64::try_from(seconds.div_ceil(u128::from(limit.requests))).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::Failure;
+    use serde_json::json;
+
+    fn config(legacy: bool) -> RateLimitConfig {
+        let config = json!({"legacy_headers": legacy, "rules": [
+            {"name": "per-ip", "key": ["client_ip"], "limit": {"requests": 100, "per": "minute"}},
+            {"name": "burst", "key": ["client_ip"], "limit": {"requests": 10, "per": "second", "burst": 25}},
+            {"name": "quiet", "key": ["client_ip"], "limit": {"requests": 1, "per": "second"}, "headers": false},
+        ]});
+        RateLimitConfig::parse(config.to_string().as_bytes()).unwrap()
+    }
+
+    fn acquired(remaining: u64, reset_seconds: u64) -> Acquire {
+        Acquire { allowed: true, tat: 0, remaining, reset_seconds, retry_after_seconds: 0 }
+    }
+
+    #[test]
+    fn one_item_per_applied_rule_with_headers() {
+        let checks = [
+            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)) },
+            Check { rule: 1, result: CheckResult::ShadowRejected(acquired(0, 3)) },
+            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)) },
+        ];
+        assert_eq!(
+            rate_limit_headers(&config(false), &checks),
+            [
+                ("ratelimit-policy", "\"per-ip\";q=100;w=60, \"burst\";q=25;w=3".to_string()),
+                ("ratelimit", "\"per-ip\";r=99;t=1, \"burst\";r=0;t=3".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn legacy_headers_describe_the_tightest_rule() {
+        let checks = [
+            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)) },
+            Check { rule: 1, result: CheckResult::Allowed(acquired(7, 2)) },
+        ];
+        let headers = rate_limit_headers(&config(true), &checks);
+        assert_eq!(
+            headers[2..],
+            [
+                ("x-ratelimit-limit", "25".to_string()),
+                ("x-ratelimit-remaining", "7".to_string()),
+                ("x-ratelimit-reset", "2".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn failed_or_silent_rules_add_nothing() {
+        let checks = [
+            Check { rule: 0, result: CheckResult::Failed(Failure::TableFull) },
+            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)) },
+        ];
+        assert!(rate_limit_headers(&config(true), &checks).is_empty());
+    }
+}

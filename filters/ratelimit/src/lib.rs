@@ -1,0 +1,230 @@
+//! Ratelimit filter: limits per rule and key, exact across Envoy's worker threads, with the
+//! IETF RateLimit headers. This file is the proxy-wasm adapter; the logic is in the modules.
+
+pub mod config;
+pub mod gcra;
+pub mod headers;
+pub mod limiter;
+pub mod table;
+
+use config::{FailurePolicy, RateLimitConfig};
+use gateway_common::host::{plugin_configuration, HostSharedData};
+use gateway_common::response::error_body;
+use limiter::{CheckResult, Decision, Failure, RequestFacts, Verdict};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+proxy_wasm::main! {{
+    // Also installs the SDK's panic hook, which logs a panic at critical level.
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RateLimitRoot { worker: None }) });
+}}
+
+const DECISIONS: [&str; 3] = ["allowed", "rejected", "shadow_rejected"];
+const FAILURES: [Failure; 3] = [Failure::TableFull, Failure::Contended, Failure::Store];
+
+/// What one VM (one Envoy worker) keeps: the compiled config, the table's hash key, and the
+/// ids of its metrics.
+struct Worker {
+    config: RateLimitConfig,
+    seed: [u8; 16],
+    /// Per rule: counter ids for each of [`DECISIONS`] and each of [`FAILURES`].
+    decision_ids: Vec<[Option<u32>; 3]>,
+    failure_ids: Vec<[Option<u32>; 3]>,
+    /// Failures are logged once per worker and kind, then only counted: a flood must not
+    /// turn into a log flood.
+    logged_failures: [Cell<bool>; 3],
+}
+
+struct RateLimitRoot {
+    worker: Option<Rc<Worker>>,
+}
+
+impl Context for RateLimitRoot {}
+
+impl RootContext for RateLimitRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let config = match plugin_configuration()
+            .and_then(|bytes| RateLimitConfig::parse(&bytes).map_err(|error| error.to_string()))
+        {
+            Ok(config) => config,
+            Err(reason) => {
+                log::error!("ratelimit: {reason}");
+                return false;
+            }
+        };
+        let mut fresh_seed = [0u8; 16];
+        if let Err(error) = getrandom::fill(&mut fresh_seed) {
+            log::error!("ratelimit: no randomness for the table's hash key: {error}");
+            return false;
+        }
+        // Envoy configures the plugin on its main thread before it starts the workers, so the
+        // whole table exists before any request can update it.
+        let seed = match limiter::create_table(&HostSharedData, config.groups, fresh_seed) {
+            Ok(seed) => seed,
+            Err(error) => {
+                log::error!("ratelimit: cannot create the bucket table in shared data: {error}");
+                return false;
+            }
+        };
+        let define = |family: &str, rule: &str, label: &str, value: &str| {
+            hostcalls::define_metric(MetricType::Counter, &format!("{family}.rule.{rule}.{label}.{value}")).ok()
+        };
+        let decision_ids = config
+            .rules
+            .iter()
+            .map(|rule| {
+                DECISIONS.map(|decision| define("gateway_ratelimit_requests_total", &rule.name, "decision", decision))
+            })
+            .collect();
+        let failure_ids = config
+            .rules
+            .iter()
+            .map(|rule| {
+                FAILURES
+                    .map(|failure| define("gateway_ratelimit_failures_total", &rule.name, "reason", failure.as_str()))
+            })
+            .collect();
+        self.worker =
+            Some(Rc::new(Worker { config, seed, decision_ids, failure_ids, logged_failures: Default::default() }));
+        true
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(RateLimitHttp { worker: self.worker.clone(), response_headers: Vec::new(), replied: false }))
+    }
+}
+
+struct RateLimitHttp {
+    worker: Option<Rc<Worker>>,
+    /// Headers to add to the upstream's response.
+    response_headers: Vec<(&'static str, String)>,
+    /// True once this filter answered the request itself (its reply carries its own headers).
+    replied: bool,
+}
+
+impl Context for RateLimitHttp {}
+
+impl HttpContext for RateLimitHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(worker) = self.worker.clone() else { return Action::Continue };
+        let Some(now) = now_nanos() else {
+            log::warn!("ratelimit: the host clock is unavailable; request not limited");
+            return Action::Continue;
+        };
+        let decision = limiter::evaluate(&worker.config, &mut HostRequest, &HostSharedData, worker.seed, now);
+        worker.count(&decision);
+        let headers = headers::rate_limit_headers(&worker.config, &decision.checks);
+        match decision.verdict {
+            Verdict::Allow => {
+                self.response_headers = headers;
+                Action::Continue
+            }
+            Verdict::Reject { rule, retry_after_seconds } => {
+                let name = worker.config.rules.get(rule).map_or("", |rule| rule.name.as_str());
+                let message = format!("rate limit `{name}` exceeded; retry in {retry_after_seconds} s");
+                self.reply(429, &retry_after_seconds.to_string(), headers, &error_body("rate_limited", &message))
+            }
+            Verdict::Unavailable { .. } => {
+                let body = error_body("rate_limit_unavailable", "the rate limit state is unavailable; retry shortly");
+                self.reply(503, "1", headers, &body)
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.replied {
+            for (name, value) in &self.response_headers {
+                // Replaces any copy from the upstream: the gateway's limit is the one that binds.
+                if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
+                    log::warn!("ratelimit: cannot set response header {name}: {status:?}");
+                }
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl RateLimitHttp {
+    fn reply(&mut self, status: u32, retry_after: &str, rate_headers: Vec<(&str, String)>, body: &[u8]) -> Action {
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("retry-after", retry_after)];
+        headers.extend(rate_headers.iter().map(|(name, value)| (*name, value.as_str())));
+        self.replied = true;
+        if let Err(status) = hostcalls::send_http_response(status, headers, Some(body)) {
+            log::error!("ratelimit: cannot send the local reply: {status:?}");
+            return Action::Continue;
+        }
+        Action::Pause
+    }
+}
+
+impl Worker {
+    fn count(&self, decision: &Decision) {
+        for check in &decision.checks {
+            let (ids, index) = match check.result {
+                CheckResult::Allowed(_) => (self.decision_ids.get(check.rule), 0),
+                CheckResult::Rejected(_) => (self.decision_ids.get(check.rule), 1),
+                CheckResult::ShadowRejected(_) => (self.decision_ids.get(check.rule), 2),
+                CheckResult::Failed(failure) => {
+                    let index = FAILURES.iter().position(|known| *known == failure).unwrap_or(0);
+                    self.log_failure_once(check.rule, failure, index);
+                    (self.failure_ids.get(check.rule), index)
+                }
+            };
+            if let Some(id) = ids.and_then(|ids| ids.get(index)).copied().flatten() {
+                // A failed increment only loses a sample; the request must not fail for it.
+                let _ = hostcalls::increment_metric(id, 1);
+            }
+        }
+    }
+
+    fn log_failure_once(&self, rule: usize, failure: Failure, index: usize) {
+        let Some(logged) = self.logged_failures.get(index) else { return };
+        if logged.replace(true) {
+            return;
+        }
+        let name = self.config.rules.get(rule).map_or("", |rule| rule.name.as_str());
+        let policy = match self.config.failure_policy {
+            FailurePolicy::FailOpen => "letting requests through (fail_open)",
+            FailurePolicy::FailClosed => "answering 503 (fail_closed)",
+        };
+        let why = match failure {
+            Failure::TableFull => "the bucket table group is full of active keys (raise `capacity`)",
+            Failure::Contended => "shared data stayed contended through every compare-and-swap attempt",
+            Failure::Store => "shared data failed",
+        };
+        log::warn!(
+            "ratelimit: rule `{name}`: {why}; {policy}. Logged once per worker; see gateway_ratelimit_failures_total"
+        );
+    }
+}
+
+fn now_nanos() -> Option<u64> {
+    let now = hostcalls::get_current_time().ok()?;
+    u64::try_from(now.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()
+}
+
+/// The request as the host sees it; each read is one host call.
+struct HostRequest;
+
+impl RequestFacts for HostRequest {
+    fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+    }
+
+    fn route_name(&mut self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["xds", "route_name"]).ok().flatten()
+    }
+
+    fn peer_address(&mut self) -> Option<Vec<u8>> {
+        hostcalls::get_property(vec!["source", "address"]).ok().flatten()
+    }
+}

@@ -1,0 +1,503 @@
+//! One request against the configured rules: which rules apply, the key each builds, and the
+//! bucket update in shared data. No proxy-wasm import: the request is seen through
+//! [`RequestFacts`] and the store through `SharedStore`, so all of it runs in native tests.
+
+use crate::config::{FailurePolicy, HeaderCondition, KeyPart, Match, RateLimitConfig, Rule};
+use crate::gcra::Acquire;
+use crate::table::{self, bucket_id, Outcome};
+use gateway_common::client_ip::from_source_address;
+use gateway_common::path_match::strip_query;
+use gateway_common::shared::{update, SharedStore, UpdateError};
+
+/// Compare-and-swap attempts per bucket update. Every lost attempt means another worker's
+/// update went through, so with a handful of workers a few attempts always suffice; the bound
+/// only guards against a pathological storm.
+pub const MAX_CAS_ATTEMPTS: u32 = 32;
+
+/// What the filter can learn about the request. Each is a host call in Envoy, so they are
+/// asked for only when a rule needs them, and at most once each (see [`Memo`]).
+pub trait RequestFacts {
+    /// A request header by lower-case name, pseudo-headers (`:path`, `:method`) included.
+    fn header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Envoy's route name (`xds.route_name`).
+    fn route_name(&mut self) -> Option<Vec<u8>>;
+    /// Envoy's trusted client address (`source.address`; see `gateway_common::client_ip`).
+    fn peer_address(&mut self) -> Option<Vec<u8>>;
+}
+
+/// Caches each fact after its first read.
+pub struct Memo<'a> {
+    facts: &'a mut dyn RequestFacts,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    route: Option<Option<Vec<u8>>>,
+    peer: Option<Option<Vec<u8>>>,
+}
+
+impl<'a> Memo<'a> {
+    pub fn new(facts: &'a mut dyn RequestFacts) -> Memo<'a> {
+        Memo { facts, headers: Vec::new(), route: None, peer: None }
+    }
+
+    fn header(&mut self, name: &str) -> Option<&[u8]> {
+        let index = match self.headers.iter().position(|(known, _)| known == name) {
+            Some(index) => index,
+            None => {
+                let value = self.facts.header(name);
+                self.headers.push((name.to_string(), value));
+                self.headers.len() - 1
+            }
+        };
+        self.headers.get(index).and_then(|(_, value)| value.as_deref())
+    }
+
+    fn route(&mut self) -> Option<&[u8]> {
+        let facts = &mut self.facts;
+        self.route.get_or_insert_with(|| facts.route_name()).as_deref()
+    }
+
+    fn peer(&mut self) -> Option<&[u8]> {
+        let facts = &mut self.facts;
+        self.peer.get_or_insert_with(|| facts.peer_address()).as_deref()
+    }
+}
+
+/// The result of one applicable rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckResult {
+    Allowed(Acquire),
+    /// Over the limit; the request is rejected.
+    Rejected(Acquire),
+    /// Over the limit in shadow mode; the request goes on.
+    ShadowRejected(Acquire),
+    /// The bucket could not be used; the failure policy applied.
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The bucket's table group holds only other, still-refilling buckets.
+    TableFull,
+    /// Every compare-and-swap attempt lost to another worker.
+    Contended,
+    /// The shared-data host call failed (or the table is missing).
+    Store,
+}
+
+impl Failure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::TableFull => "table_full",
+            Failure::Contended => "contended",
+            Failure::Store => "store_error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Check {
+    /// Index into `RateLimitConfig::rules`.
+    pub rule: usize,
+    pub result: CheckResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the request through.
+    Allow,
+    /// 429 on behalf of rule `rule` (an index into `RateLimitConfig::rules`).
+    Reject { rule: usize, retry_after_seconds: u64 },
+    /// 503: a bucket failed and the policy is `fail_closed`.
+    Unavailable { rule: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Every rule that was charged or consulted, in order. Rules after a rejecting one are
+    /// not consulted, so a rejected request is never charged to them.
+    pub checks: Vec<Check>,
+}
+
+/// Evaluates `config`'s rules in order for one request at `now_nanos`.
+pub fn evaluate(
+    config: &RateLimitConfig,
+    facts: &mut dyn RequestFacts,
+    store: &dyn SharedStore,
+    seed: [u8; 16],
+    now_nanos: u64,
+) -> Decision {
+    let mut memo = Memo::new(facts);
+    let mut checks = Vec::new();
+    for (index, rule) in config.rules.iter().enumerate() {
+        if !matches(&rule.matcher, &mut memo) {
+            continue;
+        }
+        // A rule whose key cannot be built (its header is absent) does not apply, as with
+        // Envoy's rate limit descriptors; pair such rules with a client_ip rule.
+        let Some(parts) = key_parts(rule, config, &mut memo) else {
+            continue;
+        };
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let id = bucket_id(seed, config.groups, &rule.name, &rule.limit, &parts);
+        let key = table::group_key(config.groups, id.group);
+        let result =
+            match update(store, &key, MAX_CAS_ATTEMPTS, |group| table::decide(group, id, &rule.limit, now_nanos)) {
+                Ok(Outcome::Acquired(acquire)) if acquire.allowed => CheckResult::Allowed(acquire),
+                Ok(Outcome::Acquired(acquire)) if rule.shadow => CheckResult::ShadowRejected(acquire),
+                Ok(Outcome::Acquired(acquire)) => CheckResult::Rejected(acquire),
+                Ok(Outcome::TableFull) => CheckResult::Failed(Failure::TableFull),
+                Err(UpdateError::Contended { .. }) => CheckResult::Failed(Failure::Contended),
+                Err(UpdateError::Missing | UpdateError::Store(_)) => CheckResult::Failed(Failure::Store),
+            };
+        checks.push(Check { rule: index, result });
+        match result {
+            CheckResult::Rejected(acquire) => {
+                return Decision {
+                    verdict: Verdict::Reject { rule: index, retry_after_seconds: acquire.retry_after_seconds },
+                    checks,
+                }
+            }
+            CheckResult::Failed(_) if config.failure_policy == FailurePolicy::FailClosed && !rule.shadow => {
+                return Decision { verdict: Verdict::Unavailable { rule: index }, checks }
+            }
+            _ => {}
+        }
+    }
+    Decision { verdict: Verdict::Allow, checks }
+}
+
+fn matches(matcher: &Match, memo: &mut Memo) -> bool {
+    if !matcher.methods.is_empty() {
+        let method = memo.header(":method").unwrap_or_default();
+        if !matcher.methods.iter().any(|allowed| allowed.as_bytes() == method) {
+            return false;
+        }
+    }
+    if let Some(path) = &matcher.path {
+        let Some(actual) = memo.header(":path").and_then(|bytes| std::str::from_utf8(bytes).ok()) else {
+            return false;
+        };
+        if !path.matches(actual) {
+            return false;
+        }
+    }
+    if let Some(route) = &matcher.route {
+        if memo.route() != Some(route.as_bytes()) {
+            return false;
+        }
+    }
+    matcher.headers.iter().all(|header| {
+        let value = memo.header(&header.name);
+        match &header.condition {
+            HeaderCondition::Present => value.is_some(),
+            HeaderCondition::Absent => value.is_none(),
+            HeaderCondition::Equals(expected) => value == Some(expected.as_bytes()),
+        }
+    })
+}
+
+/// The rule's key parts for this request, or `None` when one of them is missing.
+fn key_parts(rule: &Rule, config: &RateLimitConfig, memo: &mut Memo) -> Option<Vec<Vec<u8>>> {
+    rule.key
+        .iter()
+        .map(|part| match part {
+            KeyPart::ClientIp => memo.peer().and_then(from_source_address).map(|ip| ip.to_string().into_bytes()),
+            KeyPart::Consumer => memo.header(&config.consumer_header).map(<[u8]>::to_vec),
+            KeyPart::Path => memo
+                .header(":path")
+                .map(|path| std::str::from_utf8(path).map_or(path, |text| strip_query(text).as_bytes()).to_vec()),
+            KeyPart::Route => memo.route().map(<[u8]>::to_vec),
+            KeyPart::Header(name) => memo.header(name).map(<[u8]>::to_vec),
+            KeyPart::Fixed(text) => Some(text.as_bytes().to_vec()),
+        })
+        .collect()
+}
+
+/// Creates the table's groups and the shared hash key. Call from `on_configure`: Envoy runs
+/// it on its main thread before the workers start, so every group exists before a request
+/// can update it (the host ignores the CAS for keys that do not exist yet).
+pub fn create_table(store: &dyn SharedStore, groups: u32, fresh_seed: [u8; 16]) -> Result<[u8; 16], String> {
+    use gateway_common::shared::ensure_exists;
+    ensure_exists(store, table::SEED_KEY, &fresh_seed).map_err(|e| e.to_string())?;
+    let seed = read_seed(store)?;
+    let ready = table::ready_key(groups);
+    if store.get(&ready).map_err(|e| e.to_string())?.is_none() {
+        for index in 0..groups {
+            ensure_exists(store, &table::group_key(groups, index), b"").map_err(|e| e.to_string())?;
+        }
+        store.set(&ready, b"1", 0).map_err(|e| e.to_string())?;
+    }
+    Ok(seed)
+}
+
+fn read_seed(store: &dyn SharedStore) -> Result<[u8; 16], String> {
+    let stored = store.get(table::SEED_KEY).map_err(|e| e.to_string())?.ok_or("the hash key is missing")?;
+    stored.value.as_slice().try_into().map_err(|_| format!("the hash key has {} bytes, not 16", stored.value.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_common::shared::{StoreError, Versioned};
+    use gateway_common::testing::MemoryStore;
+    use serde_json::json;
+    use std::collections::HashMap;
+
+    const SECOND: u64 = 1_000_000_000;
+    const NOW: u64 = 1_764_000_000 * SECOND;
+    const SEED: [u8; 16] = [7; 16];
+
+    #[derive(Default, Clone)]
+    struct Request {
+        headers: HashMap<String, Vec<u8>>,
+        route: Option<Vec<u8>>,
+        peer: Option<Vec<u8>>,
+        reads: Vec<String>,
+    }
+
+    impl Request {
+        fn get(path: &str) -> Request {
+            Request::default().header(":method", "GET").header(":path", path).peer("10.0.0.1:40000")
+        }
+        fn header(mut self, name: &str, value: &str) -> Request {
+            self.headers.insert(name.into(), value.as_bytes().to_vec());
+            self
+        }
+        fn peer(mut self, peer: &str) -> Request {
+            self.peer = Some(peer.as_bytes().to_vec());
+            self
+        }
+        fn route(mut self, route: &str) -> Request {
+            self.route = Some(route.as_bytes().to_vec());
+            self
+        }
+    }
+
+    impl RequestFacts for Request {
+        fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+            self.reads.push(name.to_string());
+            self.headers.get(name).cloned()
+        }
+        fn route_name(&mut self) -> Option<Vec<u8>> {
+            self.reads.push("route".into());
+            self.route.clone()
+        }
+        fn peer_address(&mut self) -> Option<Vec<u8>> {
+            self.reads.push("peer".into());
+            self.peer.clone()
+        }
+    }
+
+    struct Gateway {
+        config: RateLimitConfig,
+        store: MemoryStore,
+    }
+
+    impl Gateway {
+        fn new(config: serde_json::Value) -> Gateway {
+            let config = RateLimitConfig::parse(config.to_string().as_bytes()).unwrap();
+            let store = MemoryStore::default();
+            create_table(&store, config.groups, SEED).unwrap();
+            Gateway { config, store }
+        }
+        fn send(&self, request: &Request, at: u64) -> Decision {
+            evaluate(&self.config, &mut request.clone(), &self.store, SEED, at)
+        }
+        /// How many of `count` identical requests at `at` are let through.
+        fn allowed(&self, request: &Request, at: u64, count: usize) -> usize {
+            (0..count).filter(|_| self.send(request, at).verdict == Verdict::Allow).count()
+        }
+    }
+
+    fn rule(name: &str, key: serde_json::Value, requests: u64, burst: u64) -> serde_json::Value {
+        json!({"name": name, "key": key, "limit": {"requests": requests, "per": "minute", "burst": burst}})
+    }
+
+    #[test]
+    fn each_key_gets_its_own_bucket() {
+        let gateway = Gateway::new(json!({"rules": [rule("per-ip", json!(["client_ip"]), 60, 3)]}));
+        let alice = Request::get("/").peer("10.0.0.1:1111");
+        let alice_other_port = Request::get("/").peer("10.0.0.1:2222");
+        let bob = Request::get("/").peer("[2001:db8::1]:443");
+        assert_eq!(gateway.allowed(&alice, NOW, 2), 2);
+        assert_eq!(gateway.allowed(&alice_other_port, NOW, 5), 1, "same IP, same bucket");
+        assert_eq!(gateway.allowed(&bob, NOW, 5), 3);
+    }
+
+    #[test]
+    fn a_rejection_names_the_rule_and_the_wait() {
+        let gateway = Gateway::new(json!({"rules": [rule("per-ip", json!(["client_ip"]), 1, 1)]}));
+        let request = Request::get("/");
+        assert_eq!(gateway.send(&request, NOW).verdict, Verdict::Allow);
+        let decision = gateway.send(&request, NOW + SECOND);
+        assert_eq!(decision.verdict, Verdict::Reject { rule: 0, retry_after_seconds: 59 });
+        assert!(matches!(decision.checks[..], [Check { rule: 0, result: CheckResult::Rejected(_) }]));
+        assert_eq!(gateway.send(&request, NOW + 60 * SECOND).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn every_applicable_rule_is_its_own_limit() {
+        let gateway = Gateway::new(json!({"rules": [
+            rule("per-consumer", json!(["consumer"]), 60, 3),
+            rule("global", json!([{"fixed": "all"}]), 60, 4),
+        ]}));
+        let alice = Request::get("/").header("x-gateway-consumer", "alice");
+        let bob = Request::get("/").header("x-gateway-consumer", "bob");
+        assert_eq!(gateway.allowed(&alice, NOW, 5), 3);
+        // Alice's two rejections stopped at her own rule, so the global limit has one left.
+        let decision = gateway.send(&bob, NOW);
+        assert_eq!(decision.verdict, Verdict::Allow);
+        assert_eq!(decision.checks.len(), 2);
+        assert_eq!(gateway.send(&bob, NOW).verdict, Verdict::Reject { rule: 1, retry_after_seconds: 1 });
+    }
+
+    #[test]
+    fn a_rule_whose_key_part_is_missing_does_not_apply() {
+        let gateway = Gateway::new(json!({"rules": [rule("per-key", json!([{"header": "x-api-key"}]), 60, 1)]}));
+        let anonymous = Request::get("/");
+        assert_eq!(gateway.allowed(&anonymous, NOW, 5), 5);
+        assert!(gateway.send(&anonymous, NOW).checks.is_empty());
+        let keyed = Request::get("/").header("x-api-key", "k1");
+        assert_eq!(gateway.allowed(&keyed, NOW, 5), 1);
+    }
+
+    #[test]
+    fn matches_select_the_rule() {
+        let gateway = Gateway::new(json!({"rules": [{
+            "name": "writes",
+            "match": {
+                "path": {"template": "/orders/{id}"},
+                "methods": ["POST"],
+                "route": "orders",
+                "headers": [{"name": "x-plan", "equals": "free"}, {"name": "x-internal", "present": false}]
+            },
+            "key": [{"fixed": "all"}],
+            "limit": {"requests": 1, "per": "hour"}
+        }]}));
+        let base = Request::get("/orders/7").header(":method", "POST").route("orders").header("x-plan", "free");
+        let misses = [
+            base.clone().header(":method", "GET"),
+            base.clone().header(":path", "/orders/7/items"),
+            base.clone().route("users"),
+            base.clone().header("x-plan", "paid"),
+            base.clone().header("x-internal", "1"),
+            Request { route: None, ..base.clone() },
+        ];
+        for request in &misses {
+            assert!(gateway.send(request, NOW).checks.is_empty());
+        }
+        assert_eq!(gateway.allowed(&base.clone().header(":path", "/orders/8?x=1"), NOW, 3), 1);
+    }
+
+    #[test]
+    fn key_parts_read_the_request() {
+        let gateway = Gateway::new(json!({
+            "rules": [rule("composite", json!(["client_ip", "path", "route", {"header": "x-tenant"}]), 60, 1)]
+        }));
+        let request = Request::get("/a?page=1").peer("203.0.113.5:1000").route("r").header("x-tenant", "t1");
+        assert_eq!(gateway.allowed(&request, NOW, 2), 1);
+        // The query string and the client's port are not part of the key.
+        let same = Request::get("/a?page=2").peer("203.0.113.5").route("r").header("x-tenant", "t1");
+        assert_eq!(gateway.allowed(&same, NOW, 1), 0);
+        for different in [
+            same.clone().peer("203.0.113.6:1000"),
+            same.clone().header(":path", "/b"),
+            same.clone().route("s"),
+            same.clone().header("x-tenant", "t2"),
+        ] {
+            assert_eq!(gateway.allowed(&different, NOW, 1), 1);
+        }
+    }
+
+    #[test]
+    fn facts_are_read_once_and_only_when_needed() {
+        let gateway = Gateway::new(json!({"rules": [
+            rule("a", json!([{"header": "x-k"}]), 60, 10),
+            rule("b", json!([{"header": "x-k"}, "route"]), 60, 10),
+        ]}));
+        let mut request = Request::get("/").header("x-k", "1").route("r");
+        evaluate(&gateway.config, &mut request, &gateway.store, SEED, NOW);
+        assert_eq!(request.reads, ["x-k", "route"]);
+    }
+
+    #[test]
+    fn shadow_rules_never_reject() {
+        let gateway = Gateway::new(json!({"rules": [{
+            "name": "trial", "shadow": true, "key": ["client_ip"], "limit": {"requests": 2, "per": "minute"}
+        }]}));
+        let request = Request::get("/");
+        let decisions: Vec<Decision> = (0..4).map(|_| gateway.send(&request, NOW)).collect();
+        assert!(decisions.iter().all(|decision| decision.verdict == Verdict::Allow));
+        let shadowed =
+            decisions.iter().filter(|d| matches!(d.checks[0].result, CheckResult::ShadowRejected(_))).count();
+        assert_eq!(shadowed, 2);
+    }
+
+    /// A store whose host calls fail, like a shared-data error in Envoy.
+    struct BrokenStore;
+    impl SharedStore for BrokenStore {
+        fn get(&self, _: &str) -> Result<Option<Versioned>, StoreError> {
+            Err(StoreError::Host("InternalFailure".into()))
+        }
+        fn set(&self, _: &str, _: &[u8], _: u32) -> Result<(), StoreError> {
+            Err(StoreError::Host("InternalFailure".into()))
+        }
+    }
+
+    #[test]
+    fn store_failures_follow_the_failure_policy() {
+        for (policy, expected) in [("fail_open", Verdict::Allow), ("fail_closed", Verdict::Unavailable { rule: 0 })] {
+            let config = json!({"failure_policy": policy, "rules": [rule("r", json!(["client_ip"]), 60, 1)]});
+            let config = RateLimitConfig::parse(config.to_string().as_bytes()).unwrap();
+            let decision = evaluate(&config, &mut Request::get("/"), &BrokenStore, SEED, NOW);
+            assert_eq!(decision.verdict, expected);
+            assert_eq!(decision.checks[0].result, CheckResult::Failed(Failure::Store));
+        }
+    }
+
+    #[test]
+    fn a_full_group_follows_the_failure_policy_and_spares_active_keys() {
+        // Capacity 8 is a single group of eight ways.
+        for (policy, expected) in [("fail_open", Verdict::Allow), ("fail_closed", Verdict::Unavailable { rule: 0 })] {
+            let gateway = Gateway::new(
+                json!({"capacity": 8, "failure_policy": policy, "rules": [rule("r", json!([{"header": "x-k"}]), 60, 2)]}),
+            );
+            let key = |k: usize| Request::get("/").header("x-k", &k.to_string());
+            for k in 0..8 {
+                assert_eq!(gateway.allowed(&key(k), NOW, 1), 1);
+            }
+            let decision = gateway.send(&key(8), NOW);
+            assert_eq!(decision.verdict, expected);
+            assert_eq!(decision.checks[0].result, CheckResult::Failed(Failure::TableFull));
+            // The eight active keys keep exactly what they had left.
+            for k in 0..8 {
+                assert_eq!(gateway.allowed(&key(k), NOW, 3), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_table_is_a_store_failure_not_a_fresh_bucket() {
+        let config =
+            RateLimitConfig::parse(json!({"rules": [rule("r", json!(["client_ip"]), 60, 1)]}).to_string().as_bytes())
+                .unwrap();
+        let store = MemoryStore::default();
+        let decision = evaluate(&config, &mut Request::get("/"), &store, SEED, NOW);
+        assert_eq!(decision.checks[0].result, CheckResult::Failed(Failure::Store));
+        assert_eq!(store.get(&table::group_key(config.groups, 0)).unwrap(), None, "nothing created by a request");
+    }
+
+    #[test]
+    fn create_table_keeps_the_first_seed_and_existing_buckets() {
+        let store = MemoryStore::default();
+        assert_eq!(create_table(&store, 4, [1; 16]).unwrap(), [1; 16]);
+        store.set(&table::group_key(4, 2), b"state", 0).unwrap();
+        // A second configure (another worker, or a reload) must not reset anything.
+        assert_eq!(create_table(&store, 4, [2; 16]).unwrap(), [1; 16]);
+        assert_eq!(store.get(&table::group_key(4, 2)).unwrap().unwrap().value, b"state");
+        for index in 0..4 {
+            assert!(store.get(&table::group_key(4, index)).unwrap().is_some());
+        }
+        assert!(store.get(&table::group_key(4, 4)).unwrap().is_none());
+    }
+}
