@@ -33,7 +33,7 @@ fi
 declare -A packages=()
 case $profile in
   demo) packages=([curl]=curl) ;;
-  test) packages=([prometheus]=prometheus [docker-compose]=docker-compose) ;;
+  test) packages=([prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk) ;;
   bench) packages=([wrk]=wrk) ;;
   all) packages=([curl]=curl [prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk) ;;
   *) fail "unknown profile '$profile' (demo, test, bench or all)" ;;

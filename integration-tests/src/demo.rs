@@ -44,10 +44,14 @@ fn inventory() -> Value {
 }
 
 /// `GET /<service>` lists everything, `GET /<service>/<id>` gets one item, and
-/// `GET /orders?user_id=1` filters orders by user. `/healthz` answers `{"status": "ok"}`.
+/// `GET /orders?user_id=1` filters orders by user, `POST /orders` accepts an order (without
+/// storing it: the demo data never changes). `/healthz` answers `{"status": "ok"}`.
 fn respond(service: &str, data: &Value, request: &BackendRequest) -> BackendResponse {
     if request.path == "/healthz" {
         return BackendResponse::json(200, &json!({"status": "ok"}));
+    }
+    if service == "orders" && request.method == "POST" && request.path == "/orders" {
+        return BackendResponse::json(201, &json!({"id": "o-200", "status": "accepted"}));
     }
     if request.method != "GET" {
         return BackendResponse::json(405, &json!({"error": "method_not_allowed"}));
@@ -89,7 +93,8 @@ mod tests {
         assert_eq!(client::get(&format!("{}/users/9", base(&users))).status, 404);
         let mine = client::get(&format!("{}/orders?user_id=1", base(&orders))).json();
         assert_eq!(mine["orders"].as_array().unwrap().len(), 2);
-        assert_eq!(client::request("POST", &format!("{}/orders", base(&orders)), &[]).status, 405);
+        assert_eq!(client::request("POST", &format!("{}/orders", base(&orders)), &[]).status, 201);
+        assert_eq!(client::request("DELETE", &format!("{}/orders/o-100", base(&orders)), &[]).status, 405);
         assert!(handler("nope").is_none());
     }
 }

@@ -57,6 +57,13 @@ impl Gateway {
         self
     }
 
+    /// A named route that Envoy answers itself with `status` (no upstream), for tests that
+    /// measure the filters and nothing else.
+    pub fn direct_route(mut self, name: &str, prefix: &str, status: u16) -> Gateway {
+        self.routes.push(json!({"name": name, "match": {"prefix": prefix}, "direct_response": {"status": status}}));
+        self
+    }
+
     /// One of our wasm filters, by module name (`metrics`, `noop`, …) with its JSON config.
     pub fn wasm_filter(self, module: &str, configuration: Value) -> Gateway {
         let path = crate::paths::wasm_module(module);
@@ -91,6 +98,12 @@ impl Gateway {
     /// trusting `xff_num_trusted_hops` proxies' entries in `x-forwarded-for`, as at an edge.
     pub fn use_remote_address(mut self, xff_num_trusted_hops: u32) -> Gateway {
         self.client_address = Some(xff_num_trusted_hops);
+        self
+    }
+
+    /// One of Envoy's own HTTP filters, by name and typed config (for comparisons).
+    pub fn native_filter(mut self, name: &str, typed_config: Value) -> Gateway {
+        self.filters.push(json!({"name": name, "typed_config": typed_config}));
         self
     }
 

@@ -7,6 +7,7 @@ pub mod client;
 pub mod demo;
 pub mod envoy;
 pub mod gateway;
+pub mod load;
 pub mod paths;
 pub mod process;
 pub mod prometheus_text;

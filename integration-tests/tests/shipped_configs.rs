@@ -76,8 +76,8 @@ fn compose_config_is_the_demo_gateway() {
     assert_eq!(normalized, without_header(&demo));
 }
 
-/// `envoy/demo.yaml` itself (only its ports moved to free ones) serves the demo backends
-/// and counts the requests.
+/// `envoy/demo.yaml` itself (only its ports moved to free ones) serves the demo backends,
+/// counts the requests and applies its rate limits.
 #[test]
 fn demo_config_serves_the_demo_backends() {
     let backends: Vec<Backend> = demo::SERVICES
@@ -103,4 +103,23 @@ fn demo_config_serves_the_demo_backends() {
     assert_eq!(count(&[("route", "orders"), ("consumer", "anonymous")]), 1.0);
     assert_eq!(count(&[("route", "inventory")]), 1.0);
     assert_eq!(count(&[("route", "none"), ("code", "404")]), 1.0);
+
+    // Every answer states the limits that applied to it.
+    let state = user.header("ratelimit").unwrap();
+    assert!(state.starts_with("\"per-client\";r=19;t="), "{state}");
+    assert!(state.contains("\"per-consumer\";r=49;t="), "{state}");
+    assert_eq!(user.header("x-ratelimit-limit"), Some("20"));
+    // Writes to orders: 3 per minute per client address.
+    let post = || client::request("POST", &format!("{}/orders", envoy.url()), &[]);
+    for _ in 0..3 {
+        assert_eq!(post().status, 201);
+    }
+    let rejected = post();
+    assert_eq!(rejected.status, 429);
+    assert_eq!(rejected.header("retry-after"), Some("20"));
+    assert_eq!(
+        envoy.sample("gateway_ratelimit_requests_total", &[("rule", "orders-writes"), ("decision", "rejected")]),
+        1.0
+    );
+    assert_eq!(count(&[("route", "orders"), ("code", "429")]), 1.0);
 }

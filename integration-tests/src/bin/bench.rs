@@ -15,8 +15,9 @@
 use integration_tests::backend::{Backend, BackendResponse};
 use integration_tests::envoy::Envoy;
 use integration_tests::gateway::Gateway;
+use integration_tests::load::{cpu_ns, rss_mib, Wrk, WrkRun};
 use integration_tests::paths;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ struct Variant {
     name: &'static str,
     description: &'static str,
     envoy: Envoy,
+    /// The wrk script that shapes this variant's requests, if any.
+    script: Option<(&'static str, &'static [&'static str])>,
     rounds: Vec<Round>,
 }
 
@@ -54,9 +57,26 @@ struct Round {
     errors: u64,
 }
 
+/// A ratelimit rule that never rejects (so every variant forwards every request), keyed on
+/// one fixed value or on the `x-client` header.
+fn never_limiting(key: Value) -> Value {
+    json!({"rules": [{"name": "bench", "key": key, "limit": {"requests": 1_000_000_000u64, "per": "second"}}]})
+}
+
+/// Envoy's native local_ratelimit with a bucket that never runs dry.
+fn native_local_ratelimit() -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "bench",
+        "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
+        "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "bench_enabled"},
+        "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "bench_enforced"}
+    })
+}
+
 fn main() {
     let settings = Settings::from_env();
-    let wrk = paths::tool("wrk", "WRK_BIN", "apt-get install wrk");
+    let wrk = Wrk::find();
     let backend = Backend::start(
         "127.0.0.1:0",
         Arc::new(|_: &_| BackendResponse::json(200, &json!({"id": "1", "name": "Ada Lovelace"}))),
@@ -68,13 +88,33 @@ fn main() {
         name,
         description,
         envoy: Envoy::start(&gateway.render(), 1),
+        script: None,
         rounds: vec![],
     };
+    let distinct_keys = Some(("distinct_keys.lua", &["x-client"][..]));
     let mut variants = vec![
         start("bare", "Envoy, router only", base()),
         start("noop", "+ empty proxy-wasm filter (the floor)", base().wasm_filter("noop", json!({}))),
         start("reads", "+ only the 5 host reads metrics makes", base().wasm_filter("read_probe", json!({}))),
         start("metrics", "+ metrics filter", base().wasm_filter("metrics", json!({}))),
+        start(
+            "native-rl",
+            "+ Envoy's native local_ratelimit",
+            base().native_filter("envoy.filters.http.local_ratelimit", native_local_ratelimit()),
+        ),
+        start(
+            "rl-hot",
+            "+ ratelimit, one hot key",
+            base().wasm_filter("ratelimit", never_limiting(json!([{"fixed": "all"}]))),
+        ),
+        Variant {
+            script: distinct_keys,
+            ..start(
+                "rl-many",
+                "+ ratelimit, a new key every request",
+                base().wasm_filter("ratelimit", never_limiting(json!([{"header": "x-client"}]))),
+            )
+        },
     ];
 
     println!(
@@ -82,13 +122,13 @@ fn main() {
         settings.rounds, settings.seconds, settings.connections
     );
     for variant in &variants {
-        run_wrk(&wrk, &variant.envoy, 1, settings.connections); // warm-up
+        drive(&wrk, variant, 1, &settings); // warm-up
     }
     for round in 0..settings.rounds {
         for variant in &mut variants {
-            let measured = measure(&wrk, &variant.envoy, &settings);
+            let measured = measure(&wrk, variant, &settings);
             eprintln!(
-                "round {} {:>8}: {:>8.0} req, {:>6.1} us CPU/req, p50 {:.3} ms, p99 {:.3} ms",
+                "round {} {:>9}: {:>8.0} req, {:>6.1} us CPU/req, p50 {:.3} ms, p99 {:.3} ms",
                 round + 1,
                 variant.name,
                 measured.requests,
@@ -102,73 +142,27 @@ fn main() {
     report(&variants, &settings);
 }
 
-fn measure(wrk: &std::path::Path, envoy: &Envoy, settings: &Settings) -> Round {
-    let cpu_before = cpu_ns(envoy.pid());
-    let output = run_wrk(wrk, envoy, settings.seconds, settings.connections);
-    let cpu_after = cpu_ns(envoy.pid());
-    let requests = parse_requests(&output);
+fn drive(wrk: &Wrk, variant: &Variant, seconds: u64, settings: &Settings) -> integration_tests::load::WrkReport {
+    wrk.run(&WrkRun {
+        url: &format!("{}/users/1", variant.envoy.url()),
+        seconds,
+        threads: 1,
+        connections: settings.connections,
+        headers: &["x-gateway-consumer: bench"],
+        script: variant.script,
+    })
+}
+
+fn measure(wrk: &Wrk, variant: &Variant, settings: &Settings) -> Round {
+    let cpu_before = cpu_ns(variant.envoy.pid());
+    let report = drive(wrk, variant, settings.seconds, settings);
+    let cpu_after = cpu_ns(variant.envoy.pid());
     Round {
-        requests,
-        cpu_us_per_request: (cpu_after - cpu_before) as f64 / 1000.0 / requests.max(1.0),
-        p50_ms: parse_percentile(&output, "50%"),
-        p99_ms: parse_percentile(&output, "99%"),
-        errors: parse_errors(&output),
-    }
-}
-
-fn run_wrk(wrk: &std::path::Path, envoy: &Envoy, seconds: u64, connections: u32) -> String {
-    let output = Command::new(wrk)
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "--timeout", "5s"])
-        .args(["-H", "x-gateway-consumer: bench"])
-        .arg(format!("{}/users/1", envoy.url()))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run wrk: {e}"));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// CPU time of every thread of the process, in nanoseconds (first field of schedstat).
-fn cpu_ns(pid: u32) -> u64 {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"));
-    tasks
-        .filter_map(|task| task.ok())
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()))
-        .sum()
-}
-
-fn parse_requests(output: &str) -> f64 {
-    output
-        .lines()
-        .find(|line| line.contains(" requests in "))
-        .and_then(|line| line.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no request count in wrk output:\n{output}"))
-}
-
-fn parse_errors(output: &str) -> u64 {
-    output
-        .lines()
-        .filter(|line| line.contains("Non-2xx") || line.contains("Socket errors"))
-        .flat_map(|line| line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()))
-        .sum()
-}
-
-/// `    50%  412.00us` → 0.412 (milliseconds).
-fn parse_percentile(output: &str, label: &str) -> f64 {
-    let value = output
-        .lines()
-        .map(str::trim)
-        .find_map(|line| line.strip_prefix(label))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no {label} in wrk output:\n{output}"));
-    let split = value.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => number / 1000.0,
-        "ms" => number,
-        "s" => number * 1000.0,
-        _ => f64::NAN,
+        requests: report.requests,
+        cpu_us_per_request: (cpu_after - cpu_before) as f64 / 1000.0 / report.requests.max(1.0),
+        p50_ms: report.p50_ms,
+        p99_ms: report.p99_ms,
+        errors: report.errors,
     }
 }
 
@@ -227,20 +221,12 @@ fn report(variants: &[Variant], settings: &Settings) {
         );
     }
     println!();
-    if let Some((_, ratio)) = ratios.iter().find(|(name, _)| *name == "metrics") {
-        let verdict = if *ratio <= 1.5 { "met" } else { "NOT met" };
-        println!("target: metrics adds at most 1.5x what the empty filter adds: {ratio:.2}x ({verdict})");
+    for (variant, target) in [("metrics", 1.5), ("rl-hot", 2.0), ("rl-many", 2.0)] {
+        if let Some((_, ratio)) = ratios.iter().find(|(name, _)| *name == variant) {
+            let verdict = if *ratio <= target { "met" } else { "NOT met" };
+            println!("target: {variant} adds at most {target}x what the empty filter adds: {ratio:.2}x ({verdict})");
+        }
     }
-}
-
-/// Resident memory of the process after the rounds, from /proc/<pid>/status.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-    kib.map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn cpu_model() -> String {
