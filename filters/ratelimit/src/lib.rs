@@ -143,8 +143,15 @@ impl HttpContext for RateLimitHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if !self.replied {
             for (name, value) in &self.response_headers {
-                // Replaces any copy from the upstream: the gateway's limit is the one that binds.
-                if let Err(status) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)) {
+                // `RateLimit` and `RateLimit-Policy` are structured-field Lists: an upstream's
+                // own items and ours combine into one list, so appending is correct (and
+                // cheaper than replacing). The legacy single-valued headers are replaced.
+                let result = if name.starts_with("x-") {
+                    hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value))
+                } else {
+                    hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value)
+                };
+                if let Err(status) = result {
                     log::warn!("ratelimit: cannot set response header {name}: {status:?}");
                 }
             }

@@ -1,8 +1,9 @@
 //! `make bench`: what each filter costs Envoy, measured in one run on this machine.
 //!
 //! Every variant is its own Envoy (one worker) in front of the same backend, all started
-//! together; rounds are interleaved (bare, noop, metrics, bare, …) so machine drift hits all
-//! variants alike. Each round drives one Envoy with wrk for a fixed time and reads:
+//! together; rounds are interleaved (bare, noop, …, rl-many, bare, …) so machine drift hits all
+//! variants alike. Variants compare our filters with bare Envoy, with the empty proxy-wasm
+//! filter, and with Envoy's native filter for the same job. Each round drives one Envoy with wrk for a fixed time and reads:
 //! - Envoy CPU per request: CPU time of all Envoy threads (from /proc schedstat, ns) during
 //!   the round divided by the requests wrk completed;
 //! - p50/p99 latency as wrk reports it.
@@ -58,9 +59,11 @@ struct Round {
 }
 
 /// A ratelimit rule that never rejects (so every variant forwards every request), keyed on
-/// one fixed value or on the `x-client` header.
-fn never_limiting(key: Value) -> Value {
-    json!({"rules": [{"name": "bench", "key": key, "limit": {"requests": 1_000_000_000u64, "per": "second"}}]})
+/// one fixed value or on the `x-client` header, with or without the response headers.
+fn never_limiting(key: Value, headers: bool) -> Value {
+    json!({"rules": [{
+        "name": "bench", "key": key, "headers": headers, "limit": {"requests": 1_000_000_000u64, "per": "second"}
+    }]})
 }
 
 /// Envoy's native local_ratelimit with a bucket that never runs dry.
@@ -105,14 +108,19 @@ fn main() {
         start(
             "rl-hot",
             "+ ratelimit, one hot key",
-            base().wasm_filter("ratelimit", never_limiting(json!([{"fixed": "all"}]))),
+            base().wasm_filter("ratelimit", never_limiting(json!([{"fixed": "all"}]), true)),
+        ),
+        start(
+            "rl-hot-quiet",
+            "+ ratelimit, one hot key, no response headers",
+            base().wasm_filter("ratelimit", never_limiting(json!([{"fixed": "all"}]), false)),
         ),
         Variant {
             script: distinct_keys,
             ..start(
                 "rl-many",
                 "+ ratelimit, a new key every request",
-                base().wasm_filter("ratelimit", never_limiting(json!([{"header": "x-client"}]))),
+                base().wasm_filter("ratelimit", never_limiting(json!([{"header": "x-client"}]), true)),
             )
         },
     ];
@@ -128,7 +136,7 @@ fn main() {
         for variant in &mut variants {
             let measured = measure(&wrk, variant, &settings);
             eprintln!(
-                "round {} {:>9}: {:>8.0} req, {:>6.1} us CPU/req, p50 {:.3} ms, p99 {:.3} ms",
+                "round {} {:>12}: {:>8.0} req, {:>6.1} us CPU/req, p50 {:.3} ms, p99 {:.3} ms",
                 round + 1,
                 variant.name,
                 measured.requests,
