@@ -41,6 +41,8 @@ pub struct BackendResponse {
     pub content_type: String,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Close the connection (after the delay) without answering.
+    pub reset: bool,
 }
 
 impl BackendResponse {
@@ -50,6 +52,7 @@ impl BackendResponse {
             content_type: "application/json".into(),
             body: value.to_string().into_bytes(),
             delay: Duration::ZERO,
+            reset: false,
         }
     }
 }
@@ -148,6 +151,10 @@ fn serve_connection(
         let response = handler(&request);
         if !response.delay.is_zero() {
             std::thread::sleep(response.delay);
+        }
+        if response.reset {
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+            return;
         }
         let head = format!(
             "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}\r\n",
@@ -262,7 +269,9 @@ fn split_url(url: &str) -> (String, Vec<(String, String)>) {
     (path.to_string(), pairs)
 }
 
-/// `{"service", "method", "path", "query", "headers"}`, shaped by the knobs.
+/// `{"service", "method", "path", "query", "headers"}`, shaped by the knobs: `status`,
+/// `delay_ms`, `size` (pad the body to this many bytes), `content_type` (answer HTML with that
+/// content type), `reset` (close the connection without answering).
 fn echo_response(name: &str, request: &BackendRequest) -> BackendResponse {
     let status = request.query_param("status").and_then(|s| s.parse().ok()).unwrap_or(200);
     let delay =
@@ -281,6 +290,7 @@ fn echo_response(name: &str, request: &BackendRequest) -> BackendResponse {
     }
     let mut response = BackendResponse::json(status, &body);
     response.delay = delay;
+    response.reset = request.query_param("reset").is_some();
     if let Some(content_type) = request.query_param("content_type") {
         response.content_type = content_type.replace("%2F", "/");
         response.body = format!("<html><body>{name}</body></html>").into_bytes();

@@ -9,6 +9,7 @@ pub const CONSUMER_HEADER: &str = "x-gateway-consumer";
 
 pub mod client_ip;
 pub mod config;
+pub mod duration;
 pub mod host;
 pub mod path_match;
 pub mod response;

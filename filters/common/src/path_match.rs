@@ -57,16 +57,43 @@ impl PathMatch {
         match self {
             PathMatch::Exact(exact) => path == exact,
             PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Template(_) => self.captures(path).is_some(),
+        }
+    }
+
+    /// For a template: the value of each parameter, in template order (as they appear in the
+    /// path, still percent-encoded), or `None` when the path does not match. Exact and prefix
+    /// matches have no parameters.
+    pub fn captures<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
+        let path = strip_query(path);
+        match self {
+            PathMatch::Exact(_) | PathMatch::Prefix(_) => self.matches(path).then(Vec::new),
             PathMatch::Template(segments) => {
                 let mut parts = path.split('/').skip(1);
-                let all_match = segments.iter().all(|segment| match (segment, parts.next()) {
-                    (Segment::Literal(literal), Some(part)) => part == literal,
-                    (Segment::Parameter(_), Some(part)) => !part.is_empty(),
-                    (_, None) => false,
-                });
-                all_match && parts.next().is_none()
+                let mut captured = Vec::new();
+                for segment in segments {
+                    let part = parts.next()?;
+                    match segment {
+                        Segment::Literal(literal) if part == literal => {}
+                        Segment::Parameter(name) if !part.is_empty() => captured.push((name.as_str(), part)),
+                        _ => return None,
+                    }
+                }
+                parts.next().is_none().then_some(captured)
             }
         }
+    }
+
+    /// The template's parameter names (none for exact and prefix matches).
+    pub fn parameters(&self) -> impl Iterator<Item = &str> {
+        let segments: &[Segment] = match self {
+            PathMatch::Template(segments) => segments,
+            _ => &[],
+        };
+        segments.iter().filter_map(|segment| match segment {
+            Segment::Parameter(name) => Some(name.as_str()),
+            Segment::Literal(_) => None,
+        })
     }
 }
 
@@ -133,6 +160,17 @@ mod tests {
         assert!(!users.matches("/users/4/2/orders"));
         assert!(template("/").matches("/"));
         assert!(!template("/").matches("/x"));
+    }
+
+    #[test]
+    fn templates_capture_their_parameters() {
+        let dashboard = template("/users/{id}/teams/{team}");
+        assert_eq!(dashboard.captures("/users/42/teams/t%201?x=1"), Some(vec![("id", "42"), ("team", "t%201")]));
+        assert_eq!(dashboard.captures("/users/42/teams"), None);
+        assert_eq!(dashboard.parameters().collect::<Vec<_>>(), ["id", "team"]);
+        let exact = PathMatch::compile(&RawPathMatch::Exact("/a".into()), "p").unwrap();
+        assert_eq!(exact.captures("/a"), Some(vec![]));
+        assert_eq!(exact.captures("/b"), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::gcra::Limit;
 use crate::table::WAYS;
 use gateway_common::config::{header_name, parse_json, ConfigError};
+use gateway_common::duration::parse_duration;
 use gateway_common::path_match::{PathMatch, RawPathMatch};
 use gateway_common::CONSUMER_HEADER;
 use serde::Deserialize;
@@ -278,31 +279,24 @@ fn compile_limit(raw: &RawLimit, field: &str) -> Result<Limit, ConfigError> {
 /// (`30s`, `5m`, `12h`, `7d`).
 fn parse_period(text: &str) -> Result<u64, String> {
     let seconds = match text {
-        "second" => Some(1),
-        "minute" => Some(60),
-        "hour" => Some(3_600),
-        "day" => Some(86_400),
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3_600,
+        "day" => 86_400,
         _ => {
-            let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-            let (number, unit) = text.split_at(split);
-            let unit_seconds = match unit {
-                "s" => Some(1u64),
-                "m" => Some(60),
-                "h" => Some(3_600),
-                "d" => Some(86_400),
-                _ => None,
-            };
-            match (number.parse::<u64>(), unit_seconds) {
-                (Ok(number), Some(unit_seconds)) => Some(number.saturating_mul(unit_seconds)),
-                _ => None,
+            let duration = parse_duration(text).map_err(|_| {
+                format!("`{text}` is not a period: use second, minute, hour, day, or a number with s, m, h or d")
+            })?;
+            if duration.subsec_millis() != 0 {
+                return Err("the period must be a whole number of seconds".to_string());
             }
+            duration.as_secs()
         }
     };
     match seconds {
-        None => Err(format!("`{text}` is not a period: use second, minute, hour, day, or a number with s, m, h or d")),
-        Some(0) => Err("the period must be at least one second".to_string()),
-        Some(seconds) if seconds > MAX_PERIOD_SECONDS => Err("the period must be at most 366 days".to_string()),
-        Some(seconds) => Ok(seconds),
+        0 => Err("the period must be at least one second".to_string()),
+        seconds if seconds > MAX_PERIOD_SECONDS => Err("the period must be at most 366 days".to_string()),
+        seconds => Ok(seconds),
     }
 }
 
@@ -404,7 +398,7 @@ mod tests {
         ] {
             assert_eq!(parse_period(text), Ok(seconds), "{text}");
         }
-        for text in ["", "0s", "s", "1", "1w", "1.5s", "-1s", "seconds", "367d", "99999999999999999999s"] {
+        for text in ["", "0s", "s", "1", "1w", "1.5s", "-1s", "seconds", "367d", "99999999999999999999s", "1500ms"] {
             assert!(parse_period(text).is_err(), "{text}");
         }
     }
