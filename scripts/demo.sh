@@ -53,6 +53,7 @@ Try:
   curl -s -H 'x-gateway-consumer: ada' 'http://127.0.0.1:10000/orders?user_id=1'
   curl -s http://127.0.0.1:10000/inventory/kbd-01
   curl -si -X POST http://127.0.0.1:10000/orders   # 3 per minute per client, then 429
+  curl -s http://127.0.0.1:10000/api/users/1/dashboard   # users + orders + inventory in one answer
   curl -s http://127.0.0.1:9901/stats/prometheus | grep '^gateway_'
 Logs: .run/envoy.log and .run/backends.log. Press Ctrl-C to stop.
 TEXT

@@ -122,4 +122,16 @@ fn demo_config_serves_the_demo_backends() {
         1.0
     );
     assert_eq!(count(&[("route", "orders"), ("code", "429")]), 1.0);
+
+    // The composed endpoint: three services, one answer.
+    let dashboard = client::get(&format!("{}/api/users/1/dashboard", envoy.url()));
+    assert_eq!(dashboard.status, 200, "{}", dashboard.text());
+    assert_eq!(dashboard.header("x-aggregate-complete"), Some("true"));
+    let body = dashboard.json();
+    assert_eq!(body["name"], "Ada Lovelace");
+    assert!(body.get("email").is_none());
+    assert_eq!(body["orders"].as_array().map(Vec::len), Some(2));
+    assert_eq!(body["first_item"]["stock"], 14);
+    assert_eq!(client::get(&format!("{}/api/nothing", envoy.url())).status, 404);
+    assert_eq!(count(&[("route", "composed"), ("code", "200")]), 1.0);
 }

@@ -13,7 +13,7 @@
 //! is reported, with the spread of the per-round ratios to the empty proxy-wasm filter (the
 //! floor any wasm filter pays).
 
-use integration_tests::backend::{Backend, BackendResponse};
+use integration_tests::backend::{Backend, BackendRequest, BackendResponse};
 use integration_tests::envoy::Envoy;
 use integration_tests::gateway::Gateway;
 use integration_tests::load::{cpu_ns, rss_mib, Wrk, WrkRun};
@@ -46,8 +46,14 @@ struct Variant {
     envoy: Envoy,
     /// The wrk script that shapes this variant's requests, if any.
     script: Option<(&'static str, &'static [&'static str])>,
+    /// The request path wrk sends.
+    path: &'static str,
     rounds: Vec<Round>,
 }
+
+/// Delays of the three backends behind the aggregation comparison; the slowest is the floor
+/// for the aggregated answer's latency.
+const AGGREGATED_DELAYS_MS: [u64; 3] = [2, 5, 10];
 
 #[derive(Clone, Copy)]
 struct Round {
@@ -92,6 +98,7 @@ fn main() {
         description,
         envoy: Envoy::start(&gateway.render(), 1),
         script: None,
+        path: "/users/1",
         rounds: vec![],
     };
     let distinct_keys = Some(("distinct_keys.lua", &["x-client"][..]));
@@ -125,6 +132,46 @@ fn main() {
         },
     ];
 
+    // Aggregation: three delayed backends answered as one, against the slowest one alone.
+    let delayed: Vec<Backend> = AGGREGATED_DELAYS_MS
+        .iter()
+        .map(|&delay| {
+            let handler = move |_: &BackendRequest| {
+                let mut response = BackendResponse::json(200, &json!({format!("took_{delay}ms"): true}));
+                response.delay = std::time::Duration::from_millis(delay);
+                response
+            };
+            Backend::start("127.0.0.1:0", Arc::new(handler)).unwrap_or_else(|e| panic!("cannot start a backend: {e}"))
+        })
+        .collect();
+    let with_delayed = |gateway: Gateway| {
+        delayed.iter().enumerate().fold(gateway, |gateway, (index, backend)| {
+            gateway.cluster(&format!("delayed{index}"), &[backend.port()])
+        })
+    };
+    let slowest = AGGREGATED_DELAYS_MS.len() - 1;
+    let three: Vec<Value> = (0..AGGREGATED_DELAYS_MS.len())
+        .map(|index| json!({"name": format!("b{index}"), "cluster": format!("delayed{index}"), "path": "/work"}))
+        .collect();
+    variants.push(Variant {
+        path: "/work",
+        ..start(
+            "slowest",
+            "the slowest backend alone, through bare Envoy",
+            with_delayed(Gateway::new()).route("slowest", "/", &format!("delayed{slowest}")),
+        )
+    });
+    variants.push(Variant {
+        path: "/dashboard",
+        ..start(
+            "aggregate",
+            "+ aggregate: the three backends in one answer",
+            with_delayed(Gateway::new())
+                .route("slowest", "/", &format!("delayed{slowest}"))
+                .wasm_filter("aggregate", json!({"endpoints": [{"path": "/dashboard", "backends": three}]})),
+        )
+    });
+
     println!(
         "bench: {} rounds x {} s per variant, wrk -t1 -c{}, Envoy --concurrency 1",
         settings.rounds, settings.seconds, settings.connections
@@ -152,7 +199,7 @@ fn main() {
 
 fn drive(wrk: &Wrk, variant: &Variant, seconds: u64, settings: &Settings) -> integration_tests::load::WrkReport {
     wrk.run(&WrkRun {
-        url: &format!("{}/users/1", variant.envoy.url()),
+        url: &format!("{}{}", variant.envoy.url(), variant.path),
         seconds,
         threads: 1,
         connections: settings.connections,
@@ -201,7 +248,9 @@ fn report(variants: &[Variant], settings: &Settings) {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
-    for variant in variants {
+    let (aggregation, filters): (Vec<&Variant>, Vec<&Variant>) =
+        variants.iter().partition(|variant| ["slowest", "aggregate"].contains(&variant.name));
+    for variant in filters {
         let m = |f: fn(&Round) -> f64| median(variant.rounds.iter().map(f));
         let variant_added = added(variant);
         let added_median = median(variant_added.iter().copied());
@@ -235,6 +284,40 @@ fn report(variants: &[Variant], settings: &Settings) {
             println!("target: {variant} adds at most {target}x what the empty filter adds: {ratio:.2}x ({verdict})");
         }
     }
+    report_aggregation(&aggregation, settings);
+}
+
+/// The aggregated endpoint against its slowest backend alone: latency (the target) and CPU.
+fn report_aggregation(variants: &[&Variant], settings: &Settings) {
+    let (Some(slowest), Some(aggregate)) = (
+        variants.iter().find(|variant| variant.name == "slowest"),
+        variants.iter().find(|variant| variant.name == "aggregate"),
+    ) else {
+        return;
+    };
+    println!();
+    println!("aggregation: backends delayed {AGGREGATED_DELAYS_MS:?} ms, the aggregate calls all three in parallel");
+    println!();
+    println!("| variant | req/s | Envoy CPU µs/req | p50 ms | p99 ms | Envoy RSS MiB | errors |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for variant in [slowest, aggregate] {
+        let m = |f: fn(&Round) -> f64| median(variant.rounds.iter().map(f));
+        println!(
+            "| {} ({}) | {:.0} | {:.1} | {:.3} | {:.3} | {:.1} | {} |",
+            variant.name,
+            variant.description,
+            m(|r| r.requests) / settings.seconds as f64,
+            m(|r| r.cpu_us_per_request),
+            m(|r| r.p50_ms),
+            m(|r| r.p99_ms),
+            rss_mib(variant.envoy.pid()),
+            variant.rounds.iter().map(|r| r.errors).sum::<u64>()
+        );
+    }
+    let extra_p50 = median(aggregate.rounds.iter().zip(&slowest.rounds).map(|(a, s)| a.p50_ms - s.p50_ms));
+    let verdict = if extra_p50 <= 2.0 { "met" } else { "NOT met" };
+    println!();
+    println!("target: aggregate p50 at most the slowest backend's + 2 ms: {extra_p50:+.3} ms ({verdict})");
 }
 
 fn cpu_model() -> String {
