@@ -145,9 +145,10 @@ fn main() {
         })
         .collect();
     let with_delayed = |gateway: Gateway| {
-        delayed.iter().enumerate().fold(gateway, |gateway, (index, backend)| {
-            gateway.cluster(&format!("delayed{index}"), &[backend.port()])
-        })
+        delayed
+            .iter()
+            .enumerate()
+            .fold(gateway, |gateway, (index, backend)| gateway.cluster(&format!("delayed{index}"), &[backend.port()]))
     };
     let slowest = AGGREGATED_DELAYS_MS.len() - 1;
     let three: Vec<Value> = (0..AGGREGATED_DELAYS_MS.len())
