@@ -95,8 +95,17 @@ fn one_key_gets_exactly_its_burst_with_1_2_and_4_workers() {
         let per_worker = setup.envoy.connections_per_worker(workers);
         assert!(per_worker.iter().all(|&n| n > 0.0), "{workers} workers took connections: {per_worker:?}");
         let envoy = &setup.envoy;
-        assert_eq!(envoy.sample(DECISIONS, &[("rule", "global"), ("decision", "allowed")]), BURST as f64);
-        assert_eq!(envoy.sample(DECISIONS, &[("rule", "global"), ("decision", "rejected")]), (160 - BURST) as f64);
+        // Each worker adds its counts to Envoy's counters once a second.
+        let allowed = BURST as f64;
+        assert_eq!(
+            envoy.eventually_sample(DECISIONS, &[("rule", "global"), ("decision", "allowed")], allowed),
+            allowed
+        );
+        let rejected = (160 - BURST) as f64;
+        assert_eq!(
+            envoy.eventually_sample(DECISIONS, &[("rule", "global"), ("decision", "rejected")], rejected),
+            rejected
+        );
         assert_eq!(envoy.sample("gateway_requests_total", &[("code", "429")]), (160 - BURST) as f64);
     }
 }
@@ -188,8 +197,8 @@ fn shadow_mode_never_blocks_but_reports_and_counts() {
     let last = rate_limit_field(answers[4].header("ratelimit").unwrap());
     assert_eq!(last["trial"]["r"], 0);
     let envoy = &setup.envoy;
-    assert_eq!(envoy.sample(DECISIONS, &[("rule", "trial"), ("decision", "allowed")]), 2.0);
-    assert_eq!(envoy.sample(DECISIONS, &[("rule", "trial"), ("decision", "shadow_rejected")]), 3.0);
+    assert_eq!(envoy.eventually_sample(DECISIONS, &[("rule", "trial"), ("decision", "allowed")], 2.0), 2.0);
+    assert_eq!(envoy.eventually_sample(DECISIONS, &[("rule", "trial"), ("decision", "shadow_rejected")], 3.0), 3.0);
     assert_eq!(envoy.sample(DECISIONS, &[("rule", "trial"), ("decision", "rejected")]), 0.0);
 }
 
@@ -262,7 +271,7 @@ fn a_full_table_follows_the_failure_policy_and_is_counted() {
             assert_eq!(get(&setup.envoy, "/", &[("x-key", &key.to_string())]).status, 429, "{policy} key {key}");
         }
         let envoy = &setup.envoy;
-        assert_eq!(envoy.sample(FAILURES, &[("rule", "per-key"), ("reason", "table_full")]), 1.0);
+        assert_eq!(envoy.eventually_sample(FAILURES, &[("rule", "per-key"), ("reason", "table_full")], 1.0), 1.0);
         assert!(envoy.log().contains("the bucket table group is full of active keys"), "{policy}");
     }
 }

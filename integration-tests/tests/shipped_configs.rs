@@ -117,10 +117,8 @@ fn demo_config_serves_the_demo_backends() {
     let rejected = post();
     assert_eq!(rejected.status, 429);
     assert_eq!(rejected.header("retry-after"), Some("20"));
-    assert_eq!(
-        envoy.sample("gateway_ratelimit_requests_total", &[("rule", "orders-writes"), ("decision", "rejected")]),
-        1.0
-    );
+    let rejected = [("rule", "orders-writes"), ("decision", "rejected")];
+    assert_eq!(envoy.eventually_sample("gateway_ratelimit_requests_total", &rejected, 1.0), 1.0);
     assert_eq!(count(&[("route", "orders"), ("code", "429")]), 1.0);
 
     // The composed endpoint: three services, one answer.

@@ -16,7 +16,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs a panic at critical level.
@@ -27,17 +27,30 @@ proxy_wasm::main! {{
 const DECISIONS: [&str; 3] = ["allowed", "rejected", "shadow_rejected"];
 const FAILURES: [Failure; 3] = [Failure::TableFull, Failure::Contended, Failure::Store];
 
-/// What one VM (one Envoy worker) keeps: the compiled config, the table's hash key, and the
-/// ids of its metrics.
+/// How often each worker adds its counted decisions to Envoy's counters. Counting in the VM and
+/// flushing once a second saves a host call per rule on every request (the metrics lag by at
+/// most this much; Envoy's own stats sinks flush every 5 s by default).
+const METRICS_FLUSH_PERIOD: Duration = Duration::from_secs(1);
+
+/// What one VM (one Envoy worker) keeps: the compiled config, the table's hash key, and its
+/// metrics.
 struct Worker {
     config: RateLimitConfig,
     seed: [u8; 16],
-    /// Per rule: counter ids for each of [`DECISIONS`] and each of [`FAILURES`].
-    decision_ids: Vec<[Option<u32>; 3]>,
-    failure_ids: Vec<[Option<u32>; 3]>,
+    /// Per rule: one counter for each of [`DECISIONS`], then one for each of [`FAILURES`].
+    counters: Vec<[Counter; 6]>,
+    /// Set when the host has no timer for this VM.
+    flush_each_request: bool,
     /// Failures are logged once per worker and kind, then only counted: a flood must not
     /// turn into a log flood.
     logged_failures: [Cell<bool>; 3],
+}
+
+/// An Envoy counter and the increments counted in the VM since the last flush.
+struct Counter {
+    /// `None` where the host refused to define it.
+    id: Option<u32>,
+    pending: Cell<u64>,
 }
 
 struct RateLimitRoot {
@@ -71,27 +84,45 @@ impl RootContext for RateLimitRoot {
                 return false;
             }
         };
-        let define = |family: &str, rule: &str, label: &str, value: &str| {
-            hostcalls::define_metric(MetricType::Counter, &format!("{family}.rule.{rule}.{label}.{value}")).ok()
+        let define = |family: &str, rule: &str, label: &str, value: &str| Counter {
+            id: hostcalls::define_metric(MetricType::Counter, &format!("{family}.rule.{rule}.{label}.{value}")).ok(),
+            pending: Cell::new(0),
         };
-        let decision_ids = config
+        let counters = config
             .rules
             .iter()
             .map(|rule| {
-                DECISIONS.map(|decision| define("gateway_ratelimit_requests_total", &rule.name, "decision", decision))
+                let decision = |index: usize| {
+                    define(
+                        "gateway_ratelimit_requests_total",
+                        &rule.name,
+                        "decision",
+                        DECISIONS.get(index).unwrap_or(&""),
+                    )
+                };
+                let failure = |index: usize| {
+                    let reason = FAILURES.get(index).map_or("", |failure| failure.as_str());
+                    define("gateway_ratelimit_failures_total", &rule.name, "reason", reason)
+                };
+                [decision(0), decision(1), decision(2), failure(0), failure(1), failure(2)]
             })
             .collect();
-        let failure_ids = config
-            .rules
-            .iter()
-            .map(|rule| {
-                FAILURES
-                    .map(|failure| define("gateway_ratelimit_failures_total", &rule.name, "reason", failure.as_str()))
-            })
-            .collect();
+        let flush_each_request = match hostcalls::set_tick_period(METRICS_FLUSH_PERIOD) {
+            Ok(()) => false,
+            Err(status) => {
+                log::warn!("ratelimit: no timer ({status:?}); metrics are flushed with each request instead");
+                true
+            }
+        };
         self.worker =
-            Some(Rc::new(Worker { config, seed, decision_ids, failure_ids, logged_failures: Default::default() }));
+            Some(Rc::new(Worker { config, seed, counters, flush_each_request, logged_failures: Default::default() }));
         true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(worker) = &self.worker {
+            worker.flush_metrics();
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -176,19 +207,31 @@ impl RateLimitHttp {
 impl Worker {
     fn count(&self, decision: &Decision) {
         for check in &decision.checks {
-            let (ids, index) = match check.result {
-                CheckResult::Allowed(_) => (self.decision_ids.get(check.rule), 0),
-                CheckResult::Rejected(_) => (self.decision_ids.get(check.rule), 1),
-                CheckResult::ShadowRejected(_) => (self.decision_ids.get(check.rule), 2),
+            let slot = match check.result {
+                CheckResult::Allowed(_) => 0,
+                CheckResult::Rejected(_) => 1,
+                CheckResult::ShadowRejected(_) => 2,
                 CheckResult::Failed(failure) => {
                     let index = FAILURES.iter().position(|known| *known == failure).unwrap_or(0);
                     self.log_failure_once(check.rule, failure, index);
-                    (self.failure_ids.get(check.rule), index)
+                    3 + index
                 }
             };
-            if let Some(id) = ids.and_then(|ids| ids.get(index)).copied().flatten() {
-                // A failed increment only loses a sample; the request must not fail for it.
-                let _ = hostcalls::increment_metric(id, 1);
+            if let Some(counter) = self.counters.get(check.rule).and_then(|counters| counters.get(slot)) {
+                counter.pending.set(counter.pending.get().saturating_add(1));
+            }
+        }
+        if self.flush_each_request {
+            self.flush_metrics();
+        }
+    }
+
+    fn flush_metrics(&self) {
+        for counter in self.counters.iter().flatten() {
+            let pending = counter.pending.replace(0);
+            if let (Some(id), true) = (counter.id, pending > 0) {
+                // A failed increment only loses samples; requests must not fail for it.
+                let _ = hostcalls::increment_metric(id, pending as i64);
             }
         }
     }
