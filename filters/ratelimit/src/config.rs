@@ -37,7 +37,7 @@ struct RawRule {
     name: String,
     #[serde(default, rename = "match")]
     matcher: RawMatch,
-    key: Vec<RawKeyPart>,
+    key: Vec<KeyPart>,
     limit: RawLimit,
     #[serde(default)]
     shadow: bool,
@@ -62,17 +62,6 @@ struct RawHeaderMatch {
     name: String,
     present: Option<bool>,
     equals: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-enum RawKeyPart {
-    ClientIp,
-    Consumer,
-    Path,
-    Route,
-    Header(String),
-    Fixed(String),
 }
 
 #[derive(Deserialize)]
@@ -150,13 +139,14 @@ pub enum HeaderCondition {
     Equals(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum KeyPart {
     ClientIp,
     Consumer,
     Path,
     Route,
-    /// Lower-case header name.
+    /// Lower-case header name (after compiling).
     Header(String),
     Fixed(String),
 }
@@ -217,14 +207,8 @@ fn compile_rule(raw: RawRule, field: &str) -> Result<Rule, ConfigError> {
         .enumerate()
         .map(|(index, part)| {
             Ok(match part {
-                RawKeyPart::ClientIp => KeyPart::ClientIp,
-                RawKeyPart::Consumer => KeyPart::Consumer,
-                RawKeyPart::Path => KeyPart::Path,
-                RawKeyPart::Route => KeyPart::Route,
-                RawKeyPart::Header(name) => {
-                    KeyPart::Header(header_name(&name, &format!("{field}.key[{index}].header"))?)
-                }
-                RawKeyPart::Fixed(text) => KeyPart::Fixed(text),
+                KeyPart::Header(name) => KeyPart::Header(header_name(&name, &format!("{field}.key[{index}].header"))?),
+                other => other,
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
