@@ -7,7 +7,7 @@ ENVOY_VERSION := 1.40.0
 export ENVOY_VERSION
 
 WASM_TARGET := wasm32-wasip1
-FILTER_CRATES := -p metrics-filter -p ratelimit-filter -p aggregate-filter
+FILTER_CRATES := -p metrics-filter -p ratelimit-filter -p aggregate-filter -p auth-filter
 # The benchmark's instruments (bench/): built and linted with the filters.
 BENCH_CRATES := -p noop-filter -p read-probe
 

@@ -1,0 +1,451 @@
+//! The auth filter's configuration: JSON in Envoy's `configuration` field, compiled once into
+//! [`AuthConfig`]. Field names follow Envoy's `jwt_authn` where the concept is the same.
+
+use crate::jwks::{self, Key};
+use gateway_common::config::{header_name, parse_json, ConfigError};
+use gateway_common::path_match::{PathMatch, RawPathMatch};
+use gateway_common::CONSUMER_HEADER;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_consumer_header")]
+    consumer_header: String,
+    #[serde(default = "default_realm")]
+    realm: String,
+    #[serde(default)]
+    allow_cors_preflight: bool,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    api_keys: Option<RawApiKeys>,
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    issuer: Option<String>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    algorithms: Option<Vec<String>>,
+    from_headers: Option<Vec<RawHeaderSource>>,
+    #[serde(default)]
+    from_params: Vec<String>,
+    #[serde(default)]
+    from_cookies: Vec<String>,
+    #[serde(default = "default_clock_skew")]
+    clock_skew_seconds: u64,
+    #[serde(default)]
+    require_expiration: bool,
+    max_lifetime_seconds: Option<u64>,
+    #[serde(default)]
+    required_claims: BTreeMap<String, String>,
+    local_jwks: RawLocalJwks,
+    #[serde(default)]
+    claim_to_headers: Vec<RawClaimToHeader>,
+    forward_payload_header: Option<String>,
+    #[serde(default)]
+    forward: bool,
+    #[serde(default = "default_consumer_claim")]
+    consumer_claim: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderSource {
+    name: String,
+    #[serde(default)]
+    value_prefix: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocalJwks {
+    inline_string: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimToHeader {
+    header_name: String,
+    claim_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKeys {
+    from_header: Option<String>,
+    from_param: Option<String>,
+    /// SHA-256 (hex) of each key, to the consumer it identifies.
+    keys: BTreeMap<String, String>,
+    #[serde(default)]
+    forward: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(default, rename = "match")]
+    matcher: RawMatch,
+    requires: Option<RawRequirement>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    path: Option<RawPathMatch>,
+    #[serde(default)]
+    methods: Vec<String>,
+    route: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawRequirement {
+    ProviderName(String),
+    ApiKey(EmptyObject),
+    RequiresAny(Vec<RawRequirement>),
+    RequiresAll(Vec<RawRequirement>),
+    AllowMissing(Box<RawRequirement>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyObject {}
+
+fn default_consumer_header() -> String {
+    CONSUMER_HEADER.to_string()
+}
+fn default_realm() -> String {
+    "gateway".to_string()
+}
+fn default_clock_skew() -> u64 {
+    60
+}
+fn default_consumer_claim() -> String {
+    "sub".to_string()
+}
+
+#[derive(Debug)]
+pub struct AuthConfig {
+    pub consumer_header: String,
+    pub realm: String,
+    pub allow_cors_preflight: bool,
+    pub providers: Vec<Provider>,
+    pub api_keys: Option<ApiKeys>,
+    pub rules: Vec<Rule>,
+    /// Every header this filter sets (consumer, claim headers, payload headers): removed from
+    /// every request first, so a client can never supply them.
+    pub owned_headers: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub sources: Vec<TokenSource>,
+    pub clock_skew_seconds: u64,
+    pub require_expiration: bool,
+    pub max_lifetime_seconds: Option<u64>,
+    /// Claim name to the value it must be or contain.
+    pub required_claims: Vec<(String, String)>,
+    pub keys: Vec<Key>,
+    pub claim_to_headers: Vec<(String, String)>,
+    pub forward_payload_header: Option<String>,
+    pub forward: bool,
+    pub consumer_claim: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Lower-case header name and the prefix before the token (`Bearer `).
+    Header {
+        name: String,
+        prefix: String,
+    },
+    Param(String),
+    Cookie(String),
+}
+
+#[derive(Debug)]
+pub struct ApiKeys {
+    pub source: ApiKeySource,
+    /// SHA-256 digest to consumer name.
+    pub digests: Vec<([u8; 32], String)>,
+    pub forward: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeySource {
+    Header(String),
+    Param(String),
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub path: Option<PathMatch>,
+    pub methods: Vec<String>,
+    pub route: Option<String>,
+    /// `None`: no authentication.
+    pub requires: Option<Requirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// Index into `AuthConfig::providers`.
+    Provider(usize),
+    ApiKey,
+    Any(Vec<Requirement>),
+    All(Vec<Requirement>),
+    /// Passes when the inner requirement finds no credential at all; a credential that is
+    /// present must still be valid.
+    AllowMissing(Box<Requirement>),
+}
+
+/// The algorithms a provider accepts unless it lists its own: every asymmetric one. HMAC
+/// (a shared secret) must be asked for explicitly.
+pub const DEFAULT_ALGORITHMS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+impl AuthConfig {
+    pub fn parse(bytes: &[u8]) -> Result<AuthConfig, ConfigError> {
+        let raw: RawConfig = parse_json(bytes)?;
+        let consumer_header = header_name(&raw.consumer_header, "consumer_header")?;
+        if raw.realm.is_empty() || raw.realm.contains(['"', '\\']) || !raw.realm.is_ascii() {
+            return Err(ConfigError::field("realm", "must be non-empty ASCII without quotes or backslashes"));
+        }
+        let mut owned_headers = vec![consumer_header.clone()];
+        let mut providers = Vec::new();
+        for (name, provider) in raw.providers {
+            let provider = compile_provider(&name, provider, &format!("providers.{name}"))?;
+            for header in
+                provider.claim_to_headers.iter().map(|(header, _)| header).chain(&provider.forward_payload_header)
+            {
+                if !owned_headers.contains(header) {
+                    owned_headers.push(header.clone());
+                }
+            }
+            providers.push(provider);
+        }
+        let api_keys = raw.api_keys.map(|keys| compile_api_keys(keys, "api_keys")).transpose()?;
+        if raw.rules.is_empty() {
+            return Err(ConfigError::field(
+                "rules",
+                "must list at least one rule (use `{}` for a rule that needs no authentication)",
+            ));
+        }
+        let mut rules = Vec::new();
+        for (index, rule) in raw.rules.into_iter().enumerate() {
+            let field = format!("rules[{index}]");
+            let path = rule
+                .matcher
+                .path
+                .as_ref()
+                .map(|path| PathMatch::compile(path, &format!("{field}.match.path")))
+                .transpose()?;
+            let methods = rule
+                .matcher
+                .methods
+                .iter()
+                .enumerate()
+                .map(|(i, method)| {
+                    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+                        Err(ConfigError::field(
+                            format!("{field}.match.methods[{i}]"),
+                            format!("`{method}` is not a method"),
+                        ))
+                    } else {
+                        Ok(method.to_ascii_uppercase())
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let requires = rule
+                .requires
+                .map(|requirement| {
+                    compile_requirement(requirement, &providers, api_keys.is_some(), &format!("{field}.requires"))
+                })
+                .transpose()?;
+            rules.push(Rule { path, methods, route: rule.matcher.route, requires });
+        }
+        Ok(AuthConfig {
+            consumer_header,
+            realm: raw.realm,
+            allow_cors_preflight: raw.allow_cors_preflight,
+            providers,
+            api_keys,
+            rules,
+            owned_headers,
+        })
+    }
+}
+
+fn compile_provider(name: &str, raw: RawProvider, field: &str) -> Result<Provider, ConfigError> {
+    let algorithms = match raw.algorithms {
+        None => DEFAULT_ALGORITHMS.to_vec(),
+        Some(names) if names.is_empty() => {
+            return Err(ConfigError::field(format!("{field}.algorithms"), "must list at least one algorithm"))
+        }
+        Some(names) => names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                // `Algorithm::from_str` knows no `none`, in any spelling: unsigned tokens are
+                // impossible to allow.
+                Algorithm::from_str(name).map_err(|_| {
+                    ConfigError::field(
+                        format!("{field}.algorithms[{index}]"),
+                        format!("`{name}` is not a supported signature algorithm"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let mut sources = Vec::new();
+    for (index, header) in raw
+        .from_headers
+        .unwrap_or_else(|| vec![RawHeaderSource { name: "authorization".into(), value_prefix: "Bearer ".into() }])
+        .into_iter()
+        .enumerate()
+    {
+        let name = header_name(&header.name, &format!("{field}.from_headers[{index}].name"))?;
+        sources.push(TokenSource::Header { name, prefix: header.value_prefix });
+    }
+    sources.extend(raw.from_params.into_iter().map(TokenSource::Param));
+    sources.extend(raw.from_cookies.into_iter().map(TokenSource::Cookie));
+    let (keys, skipped) = jwks::parse(raw.local_jwks.inline_string.as_bytes())
+        .map_err(|message| ConfigError::field(format!("{field}.local_jwks.inline_string"), message))?;
+    if !skipped.is_empty() {
+        log::warn!("auth: provider `{name}`: skipped keys: {}", skipped.join("; "));
+    }
+    if let Some(unusable) = algorithms.iter().find(|alg| !keys.iter().any(|key| key.accepts(**alg))) {
+        log::info!("auth: provider `{name}`: no key in its set can verify {unusable:?}");
+    }
+    let claim_to_headers = raw
+        .claim_to_headers
+        .into_iter()
+        .enumerate()
+        .map(|(index, mapping)| {
+            let header = header_name(&mapping.header_name, &format!("{field}.claim_to_headers[{index}].header_name"))?;
+            if mapping.claim_name.is_empty() {
+                return Err(ConfigError::field(
+                    format!("{field}.claim_to_headers[{index}].claim_name"),
+                    "must not be empty",
+                ));
+            }
+            Ok((header, mapping.claim_name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let forward_payload_header = raw
+        .forward_payload_header
+        .map(|header| header_name(&header, &format!("{field}.forward_payload_header")))
+        .transpose()?;
+    Ok(Provider {
+        name: name.to_string(),
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        algorithms,
+        sources,
+        clock_skew_seconds: raw.clock_skew_seconds,
+        require_expiration: raw.require_expiration,
+        max_lifetime_seconds: raw.max_lifetime_seconds,
+        required_claims: raw.required_claims.into_iter().collect(),
+        keys,
+        claim_to_headers,
+        forward_payload_header,
+        forward: raw.forward,
+        consumer_claim: raw.consumer_claim,
+    })
+}
+
+fn compile_api_keys(raw: RawApiKeys, field: &str) -> Result<ApiKeys, ConfigError> {
+    let source = match (raw.from_header, raw.from_param) {
+        (Some(header), None) => ApiKeySource::Header(header_name(&header, &format!("{field}.from_header"))?),
+        (None, Some(param)) if !param.is_empty() => ApiKeySource::Param(param),
+        (None, None) => ApiKeySource::Header("x-api-key".into()),
+        _ => return Err(ConfigError::field(field, "set one of `from_header` and `from_param`")),
+    };
+    if raw.keys.is_empty() {
+        return Err(ConfigError::field(format!("{field}.keys"), "must list at least one key digest"));
+    }
+    let mut digests = Vec::new();
+    for (digest, consumer) in raw.keys {
+        let bytes = decode_hex(&digest).filter(|bytes| bytes.len() == 32).ok_or_else(|| {
+            // The digest is not secret, but a key pasted by mistake would be: never echo it.
+            ConfigError::field(format!("{field}.keys"), "every key must be a SHA-256 digest (64 hex digits), not a key")
+        })?;
+        let mut array = [0u8; 32];
+        array.copy_from_slice(&bytes);
+        if consumer.is_empty() {
+            return Err(ConfigError::field(format!("{field}.keys.{digest}"), "the consumer name must not be empty"));
+        }
+        digests.push((array, consumer));
+    }
+    Ok(ApiKeys { source, digests, forward: raw.forward })
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
+}
+
+fn compile_requirement(
+    raw: RawRequirement,
+    providers: &[Provider],
+    has_api_keys: bool,
+    field: &str,
+) -> Result<Requirement, ConfigError> {
+    Ok(match raw {
+        RawRequirement::ProviderName(name) => {
+            Requirement::Provider(providers.iter().position(|provider| provider.name == name).ok_or_else(|| {
+                ConfigError::field(format!("{field}.provider_name"), format!("no provider is named `{name}`"))
+            })?)
+        }
+        RawRequirement::ApiKey(_) => {
+            if !has_api_keys {
+                return Err(ConfigError::field(format!("{field}.api_key"), "`api_keys` is not configured"));
+            }
+            Requirement::ApiKey
+        }
+        RawRequirement::RequiresAny(list) | RawRequirement::RequiresAll(list) if list.is_empty() => {
+            return Err(ConfigError::field(field, "must list at least one requirement"))
+        }
+        RawRequirement::RequiresAny(list) => Requirement::Any(
+            list.into_iter()
+                .enumerate()
+                .map(|(i, r)| compile_requirement(r, providers, has_api_keys, &format!("{field}.requires_any[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        RawRequirement::RequiresAll(list) => Requirement::All(
+            list.into_iter()
+                .enumerate()
+                .map(|(i, r)| compile_requirement(r, providers, has_api_keys, &format!("{field}.requires_all[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        RawRequirement::AllowMissing(inner) => Requirement::AllowMissing(Box::new(compile_requirement(
+            *inner,
+            providers,
+            has_api_keys,
+            &format!("{field}.allow_missing"),
+        )?)),
+    })
+}
