@@ -4,6 +4,7 @@
 
 use crate::config::{ApiKeySource, AuthConfig, Provider, Requirement, Rule, TokenSource};
 use crate::jwt::{self, claim, Rejection};
+use crate::keyring::KeyRing;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -65,7 +66,17 @@ enum Credential {
     Cookie,
 }
 
-pub fn decide(config: &AuthConfig, request: &dyn RequestFacts, now_seconds: u64) -> Decision {
+/// The providers whose key set should be looked at again: a token named a `kid` they lack, or
+/// they have no keys.
+pub type Refetch = Vec<usize>;
+
+pub fn decide(
+    config: &AuthConfig,
+    ring: &mut KeyRing,
+    request: &dyn RequestFacts,
+    now_seconds: u64,
+    refetch: &mut Refetch,
+) -> Decision {
     let method = request.header(":method").unwrap_or_default();
     let path = request.header(":path").unwrap_or_default();
     if config.allow_cors_preflight
@@ -84,7 +95,8 @@ pub fn decide(config: &AuthConfig, request: &dyn RequestFacts, now_seconds: u64)
         });
     };
     let Some(requirement) = &rule.requires else { return Decision::Allow(Changes::default()) };
-    match check(requirement, config, request, &path, now_seconds) {
+    let mut context = Context { config, ring, request, path: &path, now: now_seconds, refetch };
+    match check(requirement, &mut context) {
         Check::Ok(identity) => Decision::Allow(changes(config, identity, &path)),
         Check::Missing => Decision::Deny(Denial {
             status: 401,
@@ -120,15 +132,22 @@ fn rule_matches(rule: &Rule, method: &str, path: &str, request: &dyn RequestFact
         && rule.route.as_ref().is_none_or(|route| request.route_name().as_deref() == Some(route.as_str()))
 }
 
-fn check(requirement: &Requirement, config: &AuthConfig, request: &dyn RequestFacts, path: &str, now: u64) -> Check {
+/// What the checks of one request share.
+struct Context<'a> {
+    config: &'a AuthConfig,
+    ring: &'a mut KeyRing,
+    request: &'a dyn RequestFacts,
+    path: &'a str,
+    now: u64,
+    refetch: &'a mut Refetch,
+}
+
+fn check(requirement: &Requirement, context: &mut Context) -> Check {
     match requirement {
-        Requirement::Provider(index) => match config.providers.get(*index) {
-            Some(provider) => check_provider(provider, request, path, now),
-            None => Check::Invalid("the provider is not configured"),
-        },
-        Requirement::ApiKey => check_api_key(config, request, path),
+        Requirement::Provider(index) => check_provider(*index, context),
+        Requirement::ApiKey => check_api_key(context.config, context.request, context.path),
         Requirement::Any(list) => {
-            let results: Vec<Check> = list.iter().map(|r| check(r, config, request, path, now)).collect();
+            let results: Vec<Check> = list.iter().map(|r| check(r, context)).collect();
             if let Some(ok) = results.iter().find(|c| matches!(c, Check::Ok(_))) {
                 return ok.clone();
             }
@@ -143,7 +162,7 @@ fn check(requirement: &Requirement, config: &AuthConfig, request: &dyn RequestFa
         Requirement::All(list) => {
             let mut identity = Identity::default();
             for requirement in list {
-                match check(requirement, config, request, path, now) {
+                match check(requirement, context) {
                     Check::Ok(part) => {
                         identity.consumer = identity.consumer.or(part.consumer);
                         identity.headers.extend(part.headers);
@@ -154,38 +173,62 @@ fn check(requirement: &Requirement, config: &AuthConfig, request: &dyn RequestFa
             }
             Check::Ok(identity)
         }
-        Requirement::AllowMissing(inner) => match check(inner, config, request, path, now) {
+        Requirement::AllowMissing(inner) => match check(inner, context) {
             Check::Missing => Check::Ok(Identity::default()),
             other => other,
         },
     }
 }
 
-fn check_provider(provider: &Provider, request: &dyn RequestFacts, path: &str, now: u64) -> Check {
-    let Some((token, source)) = find_token(provider, request, path) else { return Check::Missing };
-    match jwt::verify(&token, provider, now) {
-        Ok(verified) => {
-            let mut identity = Identity {
-                consumer: claim(&verified.claims, &provider.consumer_claim).and_then(claim_text),
-                ..Identity::default()
-            };
-            for (header, name) in &provider.claim_to_headers {
-                if let Some(value) = claim(&verified.claims, name).and_then(claim_text) {
-                    identity.headers.push((header.clone(), value));
+fn check_provider(index: usize, context: &mut Context) -> Check {
+    let Some(provider) = context.config.providers.get(index) else {
+        return Check::Invalid("the provider is not configured");
+    };
+    let Some((token, source)) = find_token(provider, context.request, context.path) else { return Check::Missing };
+    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let verified = match context.ring.cached(index, &digest, context.now) {
+        Some(verified) => verified.clone(),
+        None => match jwt::verify(&token, provider, context.ring.keys(index), context.now) {
+            Ok(verified) => {
+                let exp = verified.claims.get("exp").and_then(serde_json::Value::as_f64).map(|exp| exp as u64);
+                let until = exp.map(|exp| exp.saturating_add(provider.clock_skew_seconds));
+                context.ring.remember(index, digest, verified.clone(), until, context.now);
+                verified
+            }
+            Err(Rejection::Invalid(description)) => return Check::Invalid(description),
+            Err(rejection @ (Rejection::UnknownKey | Rejection::NoKeys)) => {
+                if !context.refetch.contains(&index) {
+                    context.refetch.push(index);
                 }
+                return Check::Invalid(if rejection == Rejection::NoKeys {
+                    "the provider has no keys (its key set could not be fetched)"
+                } else {
+                    "the token's key is unknown"
+                });
             }
-            if let Some(header) = &provider.forward_payload_header {
-                identity.headers.push((header.clone(), verified.payload));
-            }
-            if !provider.forward {
-                identity.hide.push(source);
-            }
-            Check::Ok(identity)
+            Err(Rejection::Forbidden(description)) => return Check::Forbidden(description),
+        },
+    };
+    identity(provider, verified, source)
+}
+
+fn identity(provider: &Provider, verified: jwt::Verified, source: Credential) -> Check {
+    let mut identity = Identity {
+        consumer: claim(&verified.claims, &provider.consumer_claim).and_then(claim_text),
+        ..Identity::default()
+    };
+    for (header, name) in &provider.claim_to_headers {
+        if let Some(value) = claim(&verified.claims, name).and_then(claim_text) {
+            identity.headers.push((header.clone(), value));
         }
-        Err(Rejection::Invalid(description)) => Check::Invalid(description),
-        Err(Rejection::UnknownKey) => Check::Invalid("the token's key is unknown"),
-        Err(Rejection::Forbidden(description)) => Check::Forbidden(description),
     }
+    if let Some(header) = &provider.forward_payload_header {
+        identity.headers.push((header.clone(), verified.payload));
+    }
+    if !provider.forward {
+        identity.hide.push(source);
+    }
+    Check::Ok(identity)
 }
 
 /// A claim as header text: strings as they are, numbers and booleans printed, arrays of those

@@ -3,12 +3,14 @@
 
 use crate::jwks::{self, Key};
 use gateway_common::config::{header_name, parse_json, ConfigError};
+use gateway_common::duration::parse_duration;
 use gateway_common::path_match::{PathMatch, RawPathMatch};
 use gateway_common::CONSUMER_HEADER;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -47,7 +49,8 @@ struct RawProvider {
     max_lifetime_seconds: Option<u64>,
     #[serde(default)]
     required_claims: BTreeMap<String, String>,
-    local_jwks: RawLocalJwks,
+    local_jwks: Option<RawLocalJwks>,
+    remote_jwks: Option<RawRemoteJwks>,
     #[serde(default)]
     claim_to_headers: Vec<RawClaimToHeader>,
     forward_payload_header: Option<String>,
@@ -69,6 +72,23 @@ struct RawHeaderSource {
 #[serde(deny_unknown_fields)]
 struct RawLocalJwks {
     inline_string: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteJwks {
+    http_uri: RawHttpUri,
+    cache_duration: Option<String>,
+    max_staleness: Option<String>,
+    refetch_cooldown: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpUri {
+    uri: String,
+    cluster: String,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -158,11 +178,33 @@ pub struct Provider {
     pub max_lifetime_seconds: Option<u64>,
     /// Claim name to the value it must be or contain.
     pub required_claims: Vec<(String, String)>,
-    pub keys: Vec<Key>,
+    pub jwks: JwksSource,
     pub claim_to_headers: Vec<(String, String)>,
     pub forward_payload_header: Option<String>,
     pub forward: bool,
     pub consumer_claim: String,
+}
+
+#[derive(Debug)]
+pub enum JwksSource {
+    /// Keys from the configuration (`local_jwks`).
+    Local(Vec<Key>),
+    /// Keys fetched from an Envoy cluster (`remote_jwks`).
+    Remote(RemoteJwks),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout: Duration,
+    /// How long a fetched key set is fresh; it is refreshed before that.
+    pub cache_duration: Duration,
+    /// How long past `cache_duration` the last good set is still used while refreshes fail.
+    pub max_staleness: Duration,
+    /// The least time between two fetches triggered by tokens with an unknown `kid`.
+    pub refetch_cooldown: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,14 +372,18 @@ fn compile_provider(name: &str, raw: RawProvider, field: &str) -> Result<Provide
     }
     sources.extend(raw.from_params.into_iter().map(TokenSource::Param));
     sources.extend(raw.from_cookies.into_iter().map(TokenSource::Cookie));
-    let (keys, skipped) = jwks::parse(raw.local_jwks.inline_string.as_bytes())
-        .map_err(|message| ConfigError::field(format!("{field}.local_jwks.inline_string"), message))?;
-    if !skipped.is_empty() {
-        log::warn!("auth: provider `{name}`: skipped keys: {}", skipped.join("; "));
-    }
-    if let Some(unusable) = algorithms.iter().find(|alg| !keys.iter().any(|key| key.accepts(**alg))) {
-        log::info!("auth: provider `{name}`: no key in its set can verify {unusable:?}");
-    }
+    let jwks = match (raw.local_jwks, raw.remote_jwks) {
+        (Some(local), None) => {
+            let (keys, skipped) = jwks::parse(local.inline_string.as_bytes())
+                .map_err(|message| ConfigError::field(format!("{field}.local_jwks.inline_string"), message))?;
+            if !skipped.is_empty() {
+                log::warn!("auth: provider `{name}`: skipped keys: {}", skipped.join("; "));
+            }
+            JwksSource::Local(keys)
+        }
+        (None, Some(remote)) => JwksSource::Remote(compile_remote(remote, &format!("{field}.remote_jwks"))?),
+        _ => return Err(ConfigError::field(field, "set exactly one of `local_jwks` and `remote_jwks`")),
+    };
     let claim_to_headers = raw
         .claim_to_headers
         .into_iter()
@@ -367,11 +413,48 @@ fn compile_provider(name: &str, raw: RawProvider, field: &str) -> Result<Provide
         require_expiration: raw.require_expiration,
         max_lifetime_seconds: raw.max_lifetime_seconds,
         required_claims: raw.required_claims.into_iter().collect(),
-        keys,
+        jwks,
         claim_to_headers,
         forward_payload_header,
         forward: raw.forward,
         consumer_claim: raw.consumer_claim,
+    })
+}
+
+fn compile_remote(raw: RawRemoteJwks, field: &str) -> Result<RemoteJwks, ConfigError> {
+    let uri_field = format!("{field}.http_uri.uri");
+    let rest = raw
+        .http_uri
+        .uri
+        .strip_prefix("http://")
+        .or_else(|| raw.http_uri.uri.strip_prefix("https://"))
+        .ok_or_else(|| ConfigError::field(&uri_field, "must start with http:// or https://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(ConfigError::field(uri_field, "has no host"));
+    }
+    if raw.http_uri.cluster.is_empty() {
+        return Err(ConfigError::field(format!("{field}.http_uri.cluster"), "must name an Envoy cluster"));
+    }
+    let duration = |text: Option<String>, default: Duration, name: &str| -> Result<Duration, ConfigError> {
+        match text {
+            None => Ok(default),
+            Some(text) => parse_duration(&text)
+                .and_then(|d| if d.is_zero() { Err("must be more than zero".to_string()) } else { Ok(d) })
+                .map_err(|message| ConfigError::field(format!("{field}.{name}"), message)),
+        }
+    };
+    Ok(RemoteJwks {
+        cluster: raw.http_uri.cluster,
+        authority: authority.to_string(),
+        path: path.to_string(),
+        timeout: duration(raw.http_uri.timeout, Duration::from_secs(1), "http_uri.timeout")?,
+        cache_duration: duration(raw.cache_duration, Duration::from_secs(300), "cache_duration")?,
+        max_staleness: duration(raw.max_staleness, Duration::from_secs(3600), "max_staleness")?,
+        refetch_cooldown: duration(raw.refetch_cooldown, Duration::from_secs(10), "refetch_cooldown")?,
     })
 }
 

@@ -12,6 +12,7 @@
 //! - valid tokens without a required claim value are *forbidden* (403), not invalid.
 
 use crate::config::{Provider, MAX_TOKEN_BYTES};
+use crate::jwks::Key;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header, Validation};
@@ -31,11 +32,14 @@ pub enum Rejection {
     /// The token is unusable only because it names a key the set does not have (a key
     /// rotation the gateway has not seen yet).
     UnknownKey,
+    /// The provider has no keys at all (its remote set was never fetched, or went stale).
+    NoKeys,
     /// 403 `insufficient_scope`: the claim that is missing or wrong.
     Forbidden(String),
 }
 
-pub fn verify(token: &str, provider: &Provider, now_seconds: u64) -> Result<Verified, Rejection> {
+/// Verifies `token` for `provider` with the provider's current `keys`.
+pub fn verify(token: &str, provider: &Provider, keys: &[Key], now_seconds: u64) -> Result<Verified, Rejection> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(Rejection::Invalid("the token is too large"));
     }
@@ -60,14 +64,16 @@ pub fn verify(token: &str, provider: &Provider, now_seconds: u64) -> Result<Veri
     if !provider.algorithms.contains(&alg) {
         return Err(Rejection::Invalid("the token's algorithm is not allowed"));
     }
-    let candidates: Vec<_> = provider
-        .keys
+    if keys.is_empty() {
+        return Err(Rejection::NoKeys);
+    }
+    let candidates: Vec<_> = keys
         .iter()
         .filter(|key| key.accepts(alg))
         .filter(|key| header.kid.is_none() || key.kid == header.kid)
         .collect();
     if candidates.is_empty() {
-        return Err(if header.kid.is_some() && !provider.keys.iter().any(|key| key.kid == header.kid) {
+        return Err(if header.kid.is_some() && !keys.iter().any(|key| key.kid == header.kid) {
             Rejection::UnknownKey
         } else {
             Rejection::Invalid("no key of the provider can verify the token")

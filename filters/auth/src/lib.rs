@@ -6,41 +6,159 @@ pub mod authenticate;
 pub mod config;
 pub mod jwks;
 pub mod jwt;
+pub mod keyring;
+pub mod remote;
 
 use authenticate::{Decision, RequestFacts};
-use config::AuthConfig;
-use gateway_common::host::plugin_configuration;
+use config::{AuthConfig, JwksSource, RemoteJwks};
+use gateway_common::host::{plugin_configuration, HostSharedData};
 use gateway_common::response::error_body;
+use gateway_common::shared::{ensure_exists, SharedStore};
+use keyring::KeyRing;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs a panic at critical level.
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthRoot { config: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthRoot { worker: None }) });
 }}
 
-struct AuthRoot {
-    config: Option<Rc<AuthConfig>>,
+/// What one VM (one Envoy worker) keeps between requests.
+struct Worker {
+    config: Rc<AuthConfig>,
+    ring: KeyRing,
+    /// Per provider; `Some` for `remote_jwks` providers.
+    remote: Vec<Option<RemoteState>>,
 }
 
-impl Context for AuthRoot {}
+#[derive(Default)]
+struct RemoteState {
+    /// CAS number of the stored set this worker last installed.
+    installed_cas: u32,
+    fetched_at_ms: Option<u64>,
+    /// A token named a `kid` the set lacks since the last fetch.
+    unknown_kid_seen: bool,
+    /// The call this worker made for the set, if one is in flight.
+    pending_call: Option<u32>,
+    /// Logged once per state change, not on every tick.
+    logged_stale: bool,
+}
+
+struct AuthRoot {
+    worker: Option<Rc<RefCell<Worker>>>,
+}
+
+impl Context for AuthRoot {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(worker) = &self.worker else { return };
+        let Ok(mut worker) = worker.try_borrow_mut() else { return };
+        let worker = &mut *worker;
+        let Some(index) =
+            worker.remote.iter().position(|state| state.as_ref().and_then(|s| s.pending_call) == Some(token_id))
+        else {
+            return;
+        };
+        let Some(JwksSource::Remote(remote)) = worker.config.providers.get(index).map(|provider| &provider.jwks) else {
+            return;
+        };
+        let name = worker.config.providers.get(index).map_or("", |provider| provider.name.as_str());
+        if let Some(Some(state)) = worker.remote.get_mut(index) {
+            state.pending_call = None;
+        }
+        let status = (num_headers > 0)
+            .then(|| hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status").ok().flatten())
+            .flatten();
+        let outcome = match status.as_deref() {
+            Some(b"200") if body_size <= jwks::MAX_JWKS_BYTES => {
+                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                jwks::parse(&body).map(|(keys, skipped)| (body, keys.len(), skipped))
+            }
+            Some(b"200") => Err(format!("the key set has {body_size} bytes, more than {}", jwks::MAX_JWKS_BYTES)),
+            Some(status) => Err(format!("the key set endpoint answered {}", String::from_utf8_lossy(status))),
+            None => Err("the key set endpoint did not answer (reset or unreachable)".to_string()),
+        };
+        match outcome {
+            Ok((body, count, skipped)) => {
+                if let Err(error) =
+                    HostSharedData.set(&remote::set_key(remote), &remote::encode_set(now_ms(), &body), 0)
+                {
+                    log::error!("auth: provider `{name}`: cannot store the fetched key set: {error}");
+                } else {
+                    log::info!(
+                        "auth: provider `{name}`: fetched {count} keys from {}{}",
+                        remote.authority,
+                        remote.path
+                    );
+                }
+                if !skipped.is_empty() {
+                    log::warn!("auth: provider `{name}`: skipped keys: {}", skipped.join("; "));
+                }
+            }
+            Err(reason) => {
+                log::warn!(
+                    "auth: provider `{name}`: key set fetch failed: {reason}; the last good set (if any) stays in use"
+                );
+            }
+        }
+        if let Err(error) = remote::release_lease(&HostSharedData, remote) {
+            log::warn!("auth: provider `{name}`: cannot release the fetch lease: {error}");
+        }
+        worker.sync(now_ms());
+    }
+}
 
 impl RootContext for AuthRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        match plugin_configuration().and_then(|bytes| AuthConfig::parse(&bytes).map_err(|e| e.to_string())) {
-            Ok(config) => {
-                self.config = Some(Rc::new(config));
-                true
-            }
+        let config = match plugin_configuration().and_then(|bytes| AuthConfig::parse(&bytes).map_err(|e| e.to_string()))
+        {
+            Ok(config) => Rc::new(config),
             Err(reason) => {
                 log::error!("auth: {reason}");
-                false
+                return false;
+            }
+        };
+        let mut remote = Vec::new();
+        for provider in &config.providers {
+            match &provider.jwks {
+                JwksSource::Remote(source) => {
+                    // Created here, on Envoy's main thread before the workers start: the host
+                    // ignores the CAS for keys that do not exist yet.
+                    for key in [remote::set_key(source), remote::lease_key(source)] {
+                        if let Err(error) = ensure_exists(&HostSharedData, &key, b"") {
+                            log::error!("auth: provider `{}`: cannot create shared data: {error}", provider.name);
+                            return false;
+                        }
+                    }
+                    remote.push(Some(RemoteState::default()));
+                }
+                JwksSource::Local(_) => remote.push(None),
             }
         }
+        if remote.iter().any(Option::is_some) {
+            if let Err(status) = hostcalls::set_tick_period(Duration::from_millis(remote::TICK_MILLIS)) {
+                log::error!("auth: no timer for fetching key sets: {status:?}");
+                return false;
+            }
+        }
+        let ring = KeyRing::new(&config);
+        self.worker = Some(Rc::new(RefCell::new(Worker { config, ring, remote })));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = &self.worker else { return };
+        let Ok(mut worker) = worker.try_borrow_mut() else { return };
+        let now = now_ms();
+        worker.sync(now);
+        worker.start_due_fetches(now);
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -48,28 +166,135 @@ impl RootContext for AuthRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AuthHttp { config: self.config.clone() }))
+        Some(Box::new(AuthHttp { worker: self.worker.clone() }))
+    }
+}
+
+impl Worker {
+    /// Installs stored key sets that changed since this worker last looked, and drops sets
+    /// that are too stale. True when a new set was installed.
+    fn sync(&mut self, now: u64) -> bool {
+        let mut installed = false;
+        for index in 0..self.remote.len() {
+            let Some(provider) = self.config.providers.get(index) else { continue };
+            let JwksSource::Remote(source) = &provider.jwks else { continue };
+            let Some(Some(state)) = self.remote.get_mut(index) else { continue };
+            let stored = match HostSharedData.get(&remote::set_key(source)) {
+                Ok(Some(stored)) => stored,
+                Ok(None) => continue,
+                Err(error) => {
+                    log::warn!("auth: provider `{}`: cannot read the shared key set: {error}", provider.name);
+                    continue;
+                }
+            };
+            if stored.cas != state.installed_cas {
+                if let Some((fetched_at, body)) = remote::decode_set(&stored.value) {
+                    // Only sets that parsed are ever stored, so this succeeds.
+                    if let Ok((keys, _)) = jwks::parse(body) {
+                        self.ring.replace(index, keys);
+                        installed = true;
+                        state.fetched_at_ms = Some(fetched_at);
+                        state.unknown_kid_seen = false;
+                        state.logged_stale = false;
+                    }
+                }
+                state.installed_cas = stored.cas;
+            }
+            if let Some(fetched_at) = state.fetched_at_ms {
+                if remote::too_stale(source, now, fetched_at) && self.ring.has_keys(index) {
+                    self.ring.replace(index, Vec::new());
+                    if !state.logged_stale {
+                        log::error!(
+                            "auth: provider `{}`: its key set is older than cache_duration + max_staleness and every refresh failed; its tokens are refused until a fetch succeeds",
+                            provider.name
+                        );
+                        state.logged_stale = true;
+                    }
+                }
+            }
+        }
+        installed
+    }
+
+    fn start_due_fetches(&mut self, now: u64) {
+        for index in 0..self.remote.len() {
+            let Some(provider) = self.config.providers.get(index) else { continue };
+            let JwksSource::Remote(source) = &provider.jwks else { continue };
+            let Some(Some(state)) = self.remote.get_mut(index) else { continue };
+            if state.pending_call.is_some() {
+                continue;
+            }
+            let lease = HostSharedData
+                .get(&remote::lease_key(source))
+                .ok()
+                .flatten()
+                .map(|stored| remote::Lease::decode(&stored.value))
+                .unwrap_or_default();
+            if !remote::fetch_due(source, now, state.fetched_at_ms, state.unknown_kid_seen, lease) {
+                continue;
+            }
+            match remote::take_lease(&HostSharedData, source, now) {
+                Ok(true) => {
+                    state.unknown_kid_seen = false;
+                    state.pending_call = dispatch(&provider.name, source);
+                    if state.pending_call.is_none() {
+                        let _ = remote::release_lease(&HostSharedData, source);
+                    }
+                }
+                Ok(false) => {}
+                Err(error) => log::warn!("auth: provider `{}`: cannot take the fetch lease: {error}", provider.name),
+            }
+        }
+    }
+}
+
+fn dispatch(name: &str, source: &RemoteJwks) -> Option<u32> {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", source.path.as_str()),
+        (":authority", source.authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    match hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], source.timeout) {
+        Ok(token) => Some(token),
+        Err(status) => {
+            log::warn!("auth: provider `{name}`: cannot call cluster `{}` for its key set: {status:?}", source.cluster);
+            None
+        }
     }
 }
 
 struct AuthHttp {
-    config: Option<Rc<AuthConfig>>,
+    worker: Option<Rc<RefCell<Worker>>>,
 }
 
 impl Context for AuthHttp {}
 
 impl HttpContext for AuthHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(config) = self.config.clone() else { return Action::Continue };
+        let Some(worker) = &self.worker else { return Action::Continue };
+        let Ok(mut worker) = worker.try_borrow_mut() else { return Action::Continue };
+        let worker = &mut *worker;
+        let config = Rc::clone(&worker.config);
         // Whatever the rule, a client never supplies the headers this filter vouches for.
         for name in &config.owned_headers {
             set_header(name, None);
         }
-        let now = hostcalls::get_current_time()
-            .ok()
-            .and_then(|now| now.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |since| since.as_secs());
-        match authenticate::decide(&config, &HostRequest, now) {
+        let now = now_ms();
+        let mut refetch = Vec::new();
+        let mut decision = authenticate::decide(&config, &mut worker.ring, &HostRequest, now / 1000, &mut refetch);
+        if !refetch.is_empty() && worker.sync(now) {
+            // Another worker stored a new set since this one last ticked: use it right away.
+            refetch.clear();
+            decision = authenticate::decide(&config, &mut worker.ring, &HostRequest, now / 1000, &mut refetch);
+        }
+        for index in refetch {
+            if let Some(Some(state)) = worker.remote.get_mut(index) {
+                // The next tick fetches the set again (single flight, after the cooldown).
+                state.unknown_kid_seen = true;
+            }
+        }
+        match decision {
             Decision::Allow(changes) => {
                 for name in &changes.remove_headers {
                     set_header(name, None);
@@ -103,6 +328,14 @@ fn set_header(name: &str, value: Option<&str>) {
     if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
         log::warn!("auth: cannot change request header {name}: {status:?}");
     }
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|now| now.duration_since(UNIX_EPOCH).ok())
+        .and_then(|since| u64::try_from(since.as_millis()).ok())
+        .unwrap_or(0)
 }
 
 struct HostRequest;

@@ -5,6 +5,7 @@
 
 use auth::authenticate::{decide, Decision, RequestFacts};
 use auth::config::AuthConfig;
+use auth::keyring::KeyRing;
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -102,9 +103,14 @@ fn bearer(token: &str) -> Request {
     ]))
 }
 
+/// One request with a fresh key ring (so nothing comes from the cache).
+fn run(config: &AuthConfig, request: &Request) -> Decision {
+    decide(config, &mut KeyRing::new(config), request, NOW, &mut Vec::new())
+}
+
 /// The status the filter answers (200 for "let through").
 fn status(config: &AuthConfig, token: &str) -> (u32, String) {
-    match decide(config, &bearer(token), NOW) {
+    match run(config, &bearer(token)) {
         Decision::Allow(_) => (200, String::new()),
         Decision::Deny(denial) => (denial.status, denial.message),
     }
@@ -146,7 +152,7 @@ fn the_consumer_and_claim_headers_come_from_the_token() {
     claims["org"] = json!({"team": "core"});
     claims["roles"] = json!(["admin", "ops"]);
     let token = mint(Algorithm::ES256, &claims);
-    let Decision::Allow(changes) = decide(&config, &bearer(&token), NOW) else { panic!() };
+    let Decision::Allow(changes) = run(&config, &bearer(&token)) else { panic!() };
     assert_eq!(changes.consumer.as_deref(), Some("ada"));
     let set: HashMap<String, String> = changes.set_headers.into_iter().collect();
     assert_eq!(set["x-gateway-consumer"], "ada");
@@ -323,7 +329,6 @@ fn hostile_tokens_are_refused() {
     ];
     for (name, token, expected) in cases {
         let (got, message) = status(&config, &token);
-        println!("{name:45} {got} {message}");
         assert_eq!(got, expected, "{name}: {message}");
         assert!(!message.contains(&token) || token.is_empty(), "{name}: the message must not echo the token");
     }
@@ -362,18 +367,50 @@ fn time_edges_respect_the_clock_skew() {
 #[test]
 fn messages_follow_rfc_6750() {
     let config = config(json!({}));
-    let Decision::Deny(missing) = decide(&config, &Request(HashMap::from([(":path".into(), "/".into())])), NOW) else {
+    let Decision::Deny(missing) = run(&config, &Request(HashMap::from([(":path".into(), "/".into())]))) else {
         panic!()
     };
     assert_eq!((missing.status, missing.www_authenticate.as_deref()), (401, Some("Bearer realm=\"gateway\"")));
-    let Decision::Deny(invalid) = decide(&config, &bearer("a.b.c"), NOW) else { panic!() };
+    let Decision::Deny(invalid) = run(&config, &bearer("a.b.c")) else { panic!() };
     assert_eq!(invalid.status, 401);
     assert!(invalid
         .www_authenticate
         .unwrap()
         .starts_with("Bearer realm=\"gateway\", error=\"invalid_token\", error_description=\""));
     let token = mint(Algorithm::RS256, &json!({"iss": "https://issuer.test", "aud": "orders"}));
-    let Decision::Deny(forbidden) = decide(&config, &bearer(&token), NOW) else { panic!() };
+    let Decision::Deny(forbidden) = run(&config, &bearer(&token)) else { panic!() };
     assert_eq!(forbidden.status, 403);
     assert!(forbidden.www_authenticate.unwrap().contains("error=\"insufficient_scope\""));
+}
+
+#[test]
+fn verified_tokens_are_cached_until_they_expire_or_the_keys_change() {
+    let config = config(json!({"clock_skew_seconds": 0}));
+    let mut ring = KeyRing::new(&config);
+    let mut claims = claims();
+    claims["exp"] = json!(NOW + 100);
+    let request = bearer(&mint(Algorithm::RS256, &claims));
+    let allowed = |ring: &mut KeyRing, now: u64| {
+        matches!(decide(&config, ring, &request, now, &mut Vec::new()), Decision::Allow(_))
+    };
+    assert!(allowed(&mut ring, NOW));
+    assert_eq!(ring.cached_tokens(), 1);
+    assert!(allowed(&mut ring, NOW + 50), "served from the cache");
+    assert!(!allowed(&mut ring, NOW + 101), "the cache honours exp");
+    // New keys (a rotation) make the cached verification unusable: the token is checked again.
+    assert!(allowed(&mut ring, NOW));
+    ring.replace(0, Vec::new());
+    assert!(!allowed(&mut ring, NOW), "the cached result is not reused after the keys changed");
+}
+
+#[test]
+fn an_unknown_kid_asks_for_a_refetch() {
+    let config = config(json!({}));
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("rotated-2".into());
+    let token = encode(&header, &claims(), &signing_key(Algorithm::RS256)).unwrap();
+    let mut refetch = Vec::new();
+    let decision = decide(&config, &mut KeyRing::new(&config), &bearer(&token), NOW, &mut refetch);
+    assert!(matches!(decision, Decision::Deny(ref denial) if denial.status == 401));
+    assert_eq!(refetch, [0]);
 }
