@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the gateway demo in the foreground: demo backends on 127.0.0.1:8081-8083, Envoy with
+# Runs the gateway demo in the foreground: demo backends on 127.0.0.1:8081-8084, Envoy with
 # our filters on 127.0.0.1:10000 (admin 127.0.0.1:9901). Ctrl-C stops everything.
 # Called by `make demo`, which installs Envoy and builds the filters first.
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$root"
 envoy=${ENVOY_BIN:-$root/.venv/bin/envoy}
 mkdir -p .run
 
-for port in 10000 9901 8081 8082 8083; do
+for port in 10000 9901 8081 8082 8083 8084; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "demo: port $port on 127.0.0.1 is already in use; stop what listens there and retry" >&2
     exit 1

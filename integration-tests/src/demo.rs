@@ -1,11 +1,16 @@
 //! The demo services: `users`, `orders` and `inventory`, each a small JSON API over fixed
-//! data. Used by `make demo`, docker-compose and the tests that exercise the demo config.
+//! data, and `idp`, a development-only identity provider (its JWKS, and a token for anyone who
+//! asks). Used by `make demo`, docker-compose and the tests that exercise the demo config.
 
 use crate::backend::{BackendRequest, BackendResponse, Handler};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-pub const SERVICES: [&str; 3] = ["users", "orders", "inventory"];
+pub const SERVICES: [&str; 4] = ["users", "orders", "inventory", "idp"];
+
+/// The demo identity provider's `iss`, and the audience its tokens are for.
+pub const IDP_ISSUER: &str = "demo-idp";
+pub const IDP_AUDIENCE: &str = "gateway-demo";
 
 /// The handler for one demo service, or `None` for an unknown name.
 pub fn handler(service: &str) -> Option<Handler> {
@@ -13,6 +18,7 @@ pub fn handler(service: &str) -> Option<Handler> {
         "users" => users(),
         "orders" => orders(),
         "inventory" => inventory(),
+        "idp" => return Some(idp()),
         _ => return None,
     };
     let service = service.to_string();
@@ -77,6 +83,61 @@ fn respond(service: &str, data: &Value, request: &BackendRequest) -> BackendResp
     }
 }
 
+/// Development only: signs a token for whatever `sub` and `scope` the caller asks for.
+///
+/// - `GET /.well-known/jwks.json`: the public key (ES256, made when the service starts);
+/// - `GET /token?sub=ada&scope=orders:write`: `{"access_token", "token_type", "expires_in"}`
+///   (with `&format=raw`: the token alone, for `TOKEN=$(curl ...)`).
+fn idp() -> Handler {
+    use base64::Engine;
+    use p256::pkcs8::EncodePrivateKey;
+    let secret = p256::SecretKey::random(&mut rand_core::OsRng);
+    let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+    let b64 = |bytes: Option<&[u8]>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.unwrap_or_default());
+    let kid = format!("demo-{}", b64(point.x().map(|x| x.as_slice())).get(..8).unwrap_or("key"));
+    let jwks = json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+        "x": b64(point.x().map(|x| x.as_slice())), "y": b64(point.y().map(|y| y.as_slice()))
+    }]});
+    let signing = secret.to_pkcs8_der().ok().map(|der| jsonwebtoken::EncodingKey::from_ec_der(der.as_bytes()));
+    Arc::new(move |request: &BackendRequest| match request.path.as_str() {
+        "/.well-known/jwks.json" => BackendResponse::json(200, &jwks),
+        "/token" => {
+            let Some(signing) = &signing else {
+                return BackendResponse::json(500, &json!({"error": "no signing key"}));
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|since| since.as_secs())
+                .unwrap_or_default();
+            let claims = json!({
+                "iss": IDP_ISSUER, "aud": IDP_AUDIENCE, "iat": now, "exp": now + 3600,
+                "sub": request.query_param("sub").unwrap_or("ada"),
+                "scope": request.query_param("scope").unwrap_or("orders:read").replace("%20", " ").replace('+', " ")
+            });
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+            header.kid = Some(kid.clone());
+            match jsonwebtoken::encode(&header, &claims, signing) {
+                Ok(token) if request.query_param("format") == Some("raw") => {
+                    let mut response = BackendResponse::json(200, &json!(null));
+                    response.content_type = "text/plain".into();
+                    response.body = token.into_bytes();
+                    response
+                }
+                Ok(token) => BackendResponse::json(
+                    200,
+                    &json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}),
+                ),
+                Err(error) => BackendResponse::json(500, &json!({"error": error.to_string()})),
+            }
+        }
+        _ => BackendResponse::json(
+            404,
+            &json!({"error": "not_found", "message": "try /token or /.well-known/jwks.json"}),
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +157,11 @@ mod tests {
         assert_eq!(client::request("POST", &format!("{}/orders", base(&orders)), &[]).status, 201);
         assert_eq!(client::request("DELETE", &format!("{}/orders/o-100", base(&orders)), &[]).status, 405);
         assert!(handler("nope").is_none());
+        let idp = Backend::start("127.0.0.1:0", handler("idp").unwrap()).unwrap();
+        let jwks = client::get(&format!("{}/.well-known/jwks.json", base(&idp))).json();
+        assert_eq!(jwks["keys"][0]["alg"], "ES256");
+        let token = client::get(&format!("{}/token?sub=grace&scope=orders:write", base(&idp))).json();
+        assert_eq!(token["token_type"], "Bearer");
+        assert_eq!(token["access_token"].as_str().unwrap().split('.').count(), 3);
     }
 }

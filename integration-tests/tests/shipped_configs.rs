@@ -77,7 +77,8 @@ fn compose_config_is_the_demo_gateway() {
 }
 
 /// `envoy/demo.yaml` itself (only its ports moved to free ones) serves the demo backends,
-/// counts the requests and applies its rate limits.
+/// authenticates with the demo identity provider's tokens and an API key, counts the requests
+/// by consumer, applies its rate limits and answers the composed endpoint.
 #[test]
 fn demo_config_serves_the_demo_backends() {
     let backends: Vec<Backend> = demo::SERVICES
@@ -90,13 +91,28 @@ fn demo_config_serves_the_demo_backends() {
         yaml = yaml.replace(&format!("port_value: {}", 8081 + offset), &format!("port_value: {}", backend.port()));
     }
     let envoy = Envoy::start(&yaml, 2);
-    let user = client::request("GET", &format!("{}/users/1", envoy.url()), &[("x-gateway-consumer", "ada")]);
-    assert_eq!(user.status, 200);
+    let url = |path: &str| format!("{}{path}", envoy.url());
+    // A token from the demo identity provider, through the gateway, with one curl.
+    let token_for = |scope: &str| client::get(&url(&format!("/token?sub=ada&scope={scope}&format=raw"))).text();
+    let reader = format!("Bearer {}", token_for("orders:read"));
+    let writer = format!("Bearer {}", token_for("orders:read%20orders:write"));
+    // The key set is fetched from the identity provider on the first tick after start.
+    let started = std::time::Instant::now();
+    let user = loop {
+        let answer = client::request("GET", &url("/users/1"), &[("authorization", &reader)]);
+        if answer.status != 401 || started.elapsed() > std::time::Duration::from_secs(5) {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(user.status, 200, "{}", user.text());
     assert_eq!(user.json()["name"], "Ada Lovelace");
-    let orders = client::get(&format!("{}/orders?user_id=1", envoy.url()));
+    // A client cannot claim to be someone: its consumer header is removed.
+    let orders = client::request("GET", &url("/orders?user_id=1"), &[("x-gateway-consumer", "ada")]);
     assert_eq!(orders.json()["orders"].as_array().map(Vec::len), Some(2));
-    assert_eq!(client::get(&format!("{}/inventory/kbd-01", envoy.url())).json()["in_stock"], 14);
-    assert_eq!(client::get(&format!("{}/nothing", envoy.url())).status, 404);
+    assert_eq!(client::get(&url("/inventory/kbd-01")).json()["in_stock"], 14);
+    assert_eq!(client::get(&url("/nothing")).status, 404);
+    assert_eq!(client::request("GET", &url("/users/1"), &[("authorization", "Bearer forged.token.here")]).status, 401);
 
     let count = |labels: &[(&str, &str)]| envoy.sample("gateway_requests_total", labels);
     assert_eq!(count(&[("route", "users"), ("upstream", "users"), ("code", "200"), ("consumer", "ada")]), 1.0);
@@ -104,25 +120,34 @@ fn demo_config_serves_the_demo_backends() {
     assert_eq!(count(&[("route", "inventory")]), 1.0);
     assert_eq!(count(&[("route", "none"), ("code", "404")]), 1.0);
 
-    // Every answer states the limits that applied to it.
+    // Every answer states the limits that applied to it; the consumer is the token's subject.
     let state = user.header("ratelimit").unwrap();
-    assert!(state.starts_with("\"per-client\";r=19;t="), "{state}");
+    assert!(state.starts_with("\"per-client\";r="), "{state}");
     assert!(state.contains("\"per-consumer\";r=49;t="), "{state}");
     assert_eq!(user.header("x-ratelimit-limit"), Some("20"));
-    // Writes to orders: 3 per minute per client address.
-    let post = || client::request("POST", &format!("{}/orders", envoy.url()), &[]);
+    // Writes to orders need the orders:write scope, then are limited to 3 per minute per client.
+    let post = |authorization: &str| client::request("POST", &url("/orders"), &[("authorization", authorization)]);
+    assert_eq!(client::request("POST", &url("/orders"), &[]).status, 401);
+    let forbidden = post(&reader);
+    assert_eq!(forbidden.status, 403);
+    assert_eq!(forbidden.json()["error"], "insufficient_scope");
     for _ in 0..3 {
-        assert_eq!(post().status, 201);
+        assert_eq!(post(&writer).status, 201);
     }
-    let rejected = post();
+    let rejected = post(&writer);
     assert_eq!(rejected.status, 429);
     assert_eq!(rejected.header("retry-after"), Some("20"));
     let rejected = [("rule", "orders-writes"), ("decision", "rejected")];
     assert_eq!(envoy.eventually_sample("gateway_ratelimit_requests_total", &rejected, 1.0), 1.0);
     assert_eq!(count(&[("route", "orders"), ("code", "429")]), 1.0);
 
+    // The composed endpoint needs a token or an API key.
+    assert_eq!(client::get(&url("/api/users/1/dashboard")).status, 401);
+    let with_key = client::request("GET", &url("/api/users/1/dashboard"), &[("x-api-key", "demo-key-ci-bot")]);
+    assert_eq!(with_key.status, 200);
+    assert_eq!(count(&[("route", "composed"), ("consumer", "ci-bot")]), 1.0);
     // The composed endpoint: three services, one answer.
-    let dashboard = client::get(&format!("{}/api/users/1/dashboard", envoy.url()));
+    let dashboard = client::request("GET", &url("/api/users/1/dashboard"), &[("authorization", &reader)]);
     assert_eq!(dashboard.status, 200, "{}", dashboard.text());
     assert_eq!(dashboard.header("x-aggregate-complete"), Some("true"));
     let body = dashboard.json();
@@ -130,6 +155,6 @@ fn demo_config_serves_the_demo_backends() {
     assert!(body.get("email").is_none());
     assert_eq!(body["orders"].as_array().map(Vec::len), Some(2));
     assert_eq!(body["first_item"]["stock"], 14);
-    assert_eq!(client::get(&format!("{}/api/nothing", envoy.url())).status, 404);
-    assert_eq!(count(&[("route", "composed"), ("code", "200")]), 1.0);
+    assert_eq!(client::request("GET", &url("/api/nothing"), &[("authorization", &reader)]).status, 404);
+    assert_eq!(count(&[("route", "composed"), ("code", "200")]), 2.0);
 }

@@ -1,7 +1,8 @@
 //! The demo services for `make demo` and docker-compose.
 //!
 //! Usage: demo-backends [BIND_ADDRESS]   (default 127.0.0.1; docker-compose passes 0.0.0.0)
-//! Serves users on :8081, orders on :8082 and inventory on :8083 until killed.
+//! Serves users on :8081, orders on :8082, inventory on :8083 and the development-only
+//! identity provider (JWKS and tokens) on :8084 until killed.
 
 use integration_tests::backend::Backend;
 use integration_tests::demo;
@@ -18,7 +19,8 @@ fn main() {
         };
         match Backend::start(&address, handler) {
             Ok(backend) => {
-                println!("{service:<9} listening on http://{address}/{service}");
+                let path = if service == "idp" { "token".to_string() } else { service.to_string() };
+                println!("{service:<9} listening on http://{address}/{path}");
                 backends.push(backend);
             }
             Err(error) => {
