@@ -94,10 +94,10 @@ fn idp() -> Handler {
     let secret = p256::SecretKey::random(&mut rand_core::OsRng);
     let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
     let b64 = |bytes: Option<&[u8]>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.unwrap_or_default());
-    let kid = format!("demo-{}", b64(point.x().map(|x| x.as_slice())).get(..8).unwrap_or("key"));
+    let kid = format!("demo-{}", b64(point.x().map(|x| &x[..])).get(..8).unwrap_or("key"));
     let jwks = json!({"keys": [{
         "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
-        "x": b64(point.x().map(|x| x.as_slice())), "y": b64(point.y().map(|y| y.as_slice()))
+        "x": b64(point.x().map(|x| &x[..])), "y": b64(point.y().map(|y| &y[..]))
     }]});
     let signing = secret.to_pkcs8_der().ok().map(|der| jsonwebtoken::EncodingKey::from_ec_der(der.as_bytes()));
     Arc::new(move |request: &BackendRequest| match request.path.as_str() {
