@@ -7,12 +7,35 @@ use crate::jwt::{self, claim, Rejection};
 use crate::keyring::KeyRing;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::cell::OnceCell;
 
 pub trait RequestFacts {
     /// A request header by lower-case name, pseudo-headers included.
     fn header(&self, name: &str) -> Option<String>;
     /// Envoy's route name.
     fn route_name(&self) -> Option<String>;
+}
+
+/// The request, with `:method` and `:path` read from the host only when something needs them
+/// (each read is a host call).
+struct Lazy<'a> {
+    facts: &'a dyn RequestFacts,
+    method: OnceCell<String>,
+    path: OnceCell<String>,
+}
+
+impl Lazy<'_> {
+    fn method(&self) -> &str {
+        self.method.get_or_init(|| self.facts.header(":method").unwrap_or_default())
+    }
+
+    fn path(&self) -> &str {
+        self.path.get_or_init(|| self.facts.header(":path").unwrap_or_default())
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.facts.header(name)
+    }
 }
 
 /// What to do with the request.
@@ -77,16 +100,15 @@ pub fn decide(
     now_seconds: u64,
     refetch: &mut Refetch,
 ) -> Decision {
-    let method = request.header(":method").unwrap_or_default();
-    let path = request.header(":path").unwrap_or_default();
+    let request = &Lazy { facts: request, method: OnceCell::new(), path: OnceCell::new() };
     if config.allow_cors_preflight
-        && method == "OPTIONS"
+        && request.method() == "OPTIONS"
         && request.header("origin").is_some()
         && request.header("access-control-request-method").is_some()
     {
         return Decision::Allow(Changes::default());
     }
-    let Some(rule) = config.rules.iter().find(|rule| rule_matches(rule, &method, &path, request)) else {
+    let Some(rule) = config.rules.iter().find(|rule| rule_matches(rule, request)) else {
         return Decision::Deny(Denial {
             status: 403,
             www_authenticate: None,
@@ -95,9 +117,9 @@ pub fn decide(
         });
     };
     let Some(requirement) = &rule.requires else { return Decision::Allow(Changes::default()) };
-    let mut context = Context { config, ring, request, path: &path, now: now_seconds, refetch };
+    let mut context = Context { config, ring, request, now: now_seconds, refetch };
     match check(requirement, &mut context) {
-        Check::Ok(identity) => Decision::Allow(changes(config, identity, &path)),
+        Check::Ok(identity) => Decision::Allow(changes(config, identity, request)),
         Check::Missing => Decision::Deny(Denial {
             status: 401,
             www_authenticate: Some(format!("Bearer realm=\"{}\"", config.realm)),
@@ -126,18 +148,17 @@ pub fn decide(
     }
 }
 
-fn rule_matches(rule: &Rule, method: &str, path: &str, request: &dyn RequestFacts) -> bool {
-    (rule.methods.is_empty() || rule.methods.iter().any(|m| m == method))
-        && rule.path.as_ref().is_none_or(|matcher| matcher.matches(path))
-        && rule.route.as_ref().is_none_or(|route| request.route_name().as_deref() == Some(route.as_str()))
+fn rule_matches(rule: &Rule, request: &Lazy) -> bool {
+    (rule.methods.is_empty() || rule.methods.iter().any(|m| m == request.method()))
+        && rule.path.as_ref().is_none_or(|matcher| matcher.matches(request.path()))
+        && rule.route.as_ref().is_none_or(|route| request.facts.route_name().as_deref() == Some(route.as_str()))
 }
 
 /// What the checks of one request share.
 struct Context<'a> {
     config: &'a AuthConfig,
     ring: &'a mut KeyRing,
-    request: &'a dyn RequestFacts,
-    path: &'a str,
+    request: &'a Lazy<'a>,
     now: u64,
     refetch: &'a mut Refetch,
 }
@@ -145,7 +166,7 @@ struct Context<'a> {
 fn check(requirement: &Requirement, context: &mut Context) -> Check {
     match requirement {
         Requirement::Provider(index) => check_provider(*index, context),
-        Requirement::ApiKey => check_api_key(context.config, context.request, context.path),
+        Requirement::ApiKey => check_api_key(context.config, context.request),
         Requirement::Any(list) => {
             let results: Vec<Check> = list.iter().map(|r| check(r, context)).collect();
             if let Some(ok) = results.iter().find(|c| matches!(c, Check::Ok(_))) {
@@ -184,15 +205,15 @@ fn check_provider(index: usize, context: &mut Context) -> Check {
     let Some(provider) = context.config.providers.get(index) else {
         return Check::Invalid("the provider is not configured");
     };
-    let Some((token, source)) = find_token(provider, context.request, context.path) else { return Check::Missing };
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let verified = match context.ring.cached(index, &digest, context.now) {
-        Some(verified) => verified.clone(),
+    let Some((token, source)) = find_token(provider, context.request) else { return Check::Missing };
+    let verified = match context.ring.cached(index, &token, context.now) {
+        Some(verified) => verified,
         None => match jwt::verify(&token, provider, context.ring.keys(index), context.now) {
             Ok(verified) => {
                 let exp = verified.claims.get("exp").and_then(serde_json::Value::as_f64).map(|exp| exp as u64);
                 let until = exp.map(|exp| exp.saturating_add(provider.clock_skew_seconds));
-                context.ring.remember(index, digest, verified.clone(), until, context.now);
+                let verified = std::rc::Rc::new(verified);
+                context.ring.remember(index, token, std::rc::Rc::clone(&verified), until, context.now);
                 verified
             }
             Err(Rejection::Invalid(description)) => return Check::Invalid(description),
@@ -209,10 +230,10 @@ fn check_provider(index: usize, context: &mut Context) -> Check {
             Err(Rejection::Forbidden(description)) => return Check::Forbidden(description),
         },
     };
-    identity(provider, verified, source)
+    identity(provider, &verified, source)
 }
 
-fn identity(provider: &Provider, verified: jwt::Verified, source: Credential) -> Check {
+fn identity(provider: &Provider, verified: &jwt::Verified, source: Credential) -> Check {
     let mut identity = Identity {
         consumer: claim(&verified.claims, &provider.consumer_claim).and_then(claim_text),
         ..Identity::default()
@@ -223,7 +244,7 @@ fn identity(provider: &Provider, verified: jwt::Verified, source: Credential) ->
         }
     }
     if let Some(header) = &provider.forward_payload_header {
-        identity.headers.push((header.clone(), verified.payload));
+        identity.headers.push((header.clone(), verified.payload.clone()));
     }
     if !provider.forward {
         identity.hide.push(source);
@@ -253,7 +274,7 @@ fn claim_text(value: &Value) -> Option<String> {
     (!text.chars().any(char::is_control)).then_some(text)
 }
 
-fn find_token(provider: &Provider, request: &dyn RequestFacts, path: &str) -> Option<(String, Credential)> {
+fn find_token(provider: &Provider, request: &Lazy) -> Option<(String, Credential)> {
     provider.sources.iter().find_map(|source| match source {
         TokenSource::Header { name, prefix } => {
             let value = request.header(name)?;
@@ -263,7 +284,9 @@ fn find_token(provider: &Provider, request: &dyn RequestFacts, path: &str) -> Op
             };
             (!token.is_empty()).then(|| (token.to_string(), Credential::Header(name.clone())))
         }
-        TokenSource::Param(name) => query_param(path, name).map(|token| (token, Credential::Param(name.clone()))),
+        TokenSource::Param(name) => {
+            query_param(request.path(), name).map(|token| (token, Credential::Param(name.clone())))
+        }
         TokenSource::Cookie(name) => {
             let cookies = request.header("cookie")?;
             cookies.split(';').find_map(|pair| {
@@ -274,14 +297,14 @@ fn find_token(provider: &Provider, request: &dyn RequestFacts, path: &str) -> Op
     })
 }
 
-fn check_api_key(config: &AuthConfig, request: &dyn RequestFacts, path: &str) -> Check {
+fn check_api_key(config: &AuthConfig, request: &Lazy) -> Check {
     let Some(keys) = &config.api_keys else { return Check::Invalid("API keys are not configured") };
     let (presented, credential) = match &keys.source {
         ApiKeySource::Header(name) => match request.header(name) {
             Some(value) if !value.is_empty() => (value, Credential::Header(name.clone())),
             _ => return Check::Missing,
         },
-        ApiKeySource::Param(name) => match query_param(path, name) {
+        ApiKeySource::Param(name) => match query_param(request.path(), name) {
             Some(value) => (value, Credential::Param(name.clone())),
             None => return Check::Missing,
         },
@@ -313,7 +336,7 @@ fn query_param(path: &str, name: &str) -> Option<String> {
     })
 }
 
-fn changes(config: &AuthConfig, identity: Identity, path: &str) -> Changes {
+fn changes(config: &AuthConfig, identity: Identity, request: &Lazy) -> Changes {
     let mut changes = Changes { consumer: identity.consumer.clone(), ..Changes::default() };
     if let Some(consumer) = identity.consumer {
         changes.set_headers.push((config.consumer_header.clone(), consumer));
@@ -328,7 +351,7 @@ fn changes(config: &AuthConfig, identity: Identity, path: &str) -> Changes {
         }
     }
     if !hidden_params.is_empty() {
-        if let Some((base, query)) = path.split_once('?') {
+        if let Some((base, query)) = request.path().split_once('?') {
             let kept: Vec<&str> = query
                 .split('&')
                 .filter(|pair| !hidden_params.iter().any(|name| pair.split('=').next() == Some(name.as_str())))

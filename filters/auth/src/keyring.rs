@@ -6,15 +6,18 @@ use crate::config::{AuthConfig, JwksSource};
 use crate::jwks::Key;
 use crate::jwt::Verified;
 use std::collections::HashMap;
+use std::rc::Rc;
 
-/// Verified tokens kept per worker.
+/// Verified tokens kept per worker and provider.
 pub const CACHE_CAPACITY: usize = 4096;
 /// A token without `exp` is re-verified at least this often.
 pub const CACHE_SECONDS_WITHOUT_EXP: u64 = 300;
 
 pub struct KeyRing {
     sets: Vec<KeySet>,
-    cache: HashMap<(usize, [u8; 32]), Cached>,
+    /// Per provider, keyed by the token itself (std's randomly keyed SipHash, then a full
+    /// comparison), so a hit can only ever be the very same token.
+    cache: Vec<HashMap<String, Cached>>,
 }
 
 struct KeySet {
@@ -24,7 +27,7 @@ struct KeySet {
 }
 
 struct Cached {
-    verified: Verified,
+    verified: Rc<Verified>,
     key_version: u64,
     valid_until: u64,
 }
@@ -42,7 +45,8 @@ impl KeyRing {
                 version: 0,
             })
             .collect();
-        KeyRing { sets, cache: HashMap::new() }
+        let cache = config.providers.iter().map(|_| HashMap::new()).collect();
+        KeyRing { sets, cache }
     }
 
     pub fn keys(&self, provider: usize) -> &[Key] {
@@ -61,34 +65,34 @@ impl KeyRing {
         }
     }
 
-    pub fn cached(&self, provider: usize, digest: &[u8; 32], now: u64) -> Option<&Verified> {
+    pub fn cached(&self, provider: usize, token: &str, now: u64) -> Option<Rc<Verified>> {
         let version = self.sets.get(provider)?.version;
-        let entry = self.cache.get(&(provider, *digest))?;
-        (entry.key_version == version && now <= entry.valid_until).then_some(&entry.verified)
+        let entry = self.cache.get(provider)?.get(token)?;
+        (entry.key_version == version && now <= entry.valid_until).then(|| Rc::clone(&entry.verified))
     }
 
     /// Remembers a successful verification until the token expires (plus the clock skew).
     pub fn remember(
         &mut self,
         provider: usize,
-        digest: [u8; 32],
-        verified: Verified,
+        token: String,
+        verified: Rc<Verified>,
         exp_plus_skew: Option<u64>,
         now: u64,
     ) {
-        let Some(set) = self.sets.get(provider) else { return };
-        if self.cache.len() >= CACHE_CAPACITY {
+        let (Some(set), Some(cache)) = (self.sets.get(provider), self.cache.get_mut(provider)) else { return };
+        if cache.len() >= CACHE_CAPACITY {
             // Bounded: drop one entry (the map's order is arbitrary, which suits a cache that
             // an attacker should not be able to steer).
-            if let Some(victim) = self.cache.keys().next().copied() {
-                self.cache.remove(&victim);
+            if let Some(victim) = cache.keys().next().cloned() {
+                cache.remove(&victim);
             }
         }
         let valid_until = exp_plus_skew.unwrap_or(now.saturating_add(CACHE_SECONDS_WITHOUT_EXP));
-        self.cache.insert((provider, digest), Cached { verified, key_version: set.version, valid_until });
+        cache.insert(token, Cached { verified, key_version: set.version, valid_until });
     }
 
     pub fn cached_tokens(&self) -> usize {
-        self.cache.len()
+        self.cache.iter().map(HashMap::len).sum()
     }
 }

@@ -276,10 +276,6 @@ impl HttpContext for AuthHttp {
         let Ok(mut worker) = worker.try_borrow_mut() else { return Action::Continue };
         let worker = &mut *worker;
         let config = Rc::clone(&worker.config);
-        // Whatever the rule, a client never supplies the headers this filter vouches for.
-        for name in &config.owned_headers {
-            set_header(name, None);
-        }
         let now = now_ms();
         let mut refetch = Vec::new();
         let mut decision = authenticate::decide(&config, &mut worker.ring, &HostRequest, now / 1000, &mut refetch);
@@ -296,6 +292,13 @@ impl HttpContext for AuthHttp {
         }
         match decision {
             Decision::Allow(changes) => {
+                // Whatever the rule, a client never supplies the headers this filter vouches
+                // for: each is replaced by the verified value or removed.
+                for name in &config.owned_headers {
+                    if !changes.set_headers.iter().any(|(set, _)| set == name) {
+                        set_header(name, None);
+                    }
+                }
                 for name in &changes.remove_headers {
                     set_header(name, None);
                 }

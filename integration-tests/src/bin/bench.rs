@@ -26,6 +26,9 @@ struct Settings {
     rounds: usize,
     seconds: u64,
     connections: u32,
+    /// Distinct tokens the `auth-fresh` variant cycles through (more than any round sends, so
+    /// the filter's cache of verified tokens rarely helps).
+    fresh_tokens: usize,
 }
 
 impl Settings {
@@ -36,6 +39,7 @@ impl Settings {
             rounds: number("BENCH_ROUNDS", 10) as usize,
             seconds: number("BENCH_SECONDS", 3),
             connections: number("BENCH_CONNECTIONS", 8) as u32,
+            fresh_tokens: number("BENCH_FRESH_TOKENS", 40_000) as usize,
         }
     }
 }
@@ -48,6 +52,8 @@ struct Variant {
     script: Option<(&'static str, &'static [&'static str])>,
     /// The request path wrk sends.
     path: &'static str,
+    /// Extra request headers (`name: value`) on every request.
+    headers: Vec<String>,
     rounds: Vec<Round>,
 }
 
@@ -99,6 +105,7 @@ fn main() {
         envoy: Envoy::start(&gateway.render(), 1),
         script: None,
         path: "/users/1",
+        headers: vec![],
         rounds: vec![],
     };
     let distinct_keys = Some(("distinct_keys.lua", &["x-client"][..]));
@@ -131,6 +138,30 @@ fn main() {
             )
         },
     ];
+
+    // Authentication: ours and Envoy's jwt_authn on RS256 tokens.
+    let tokens = BenchTokens::mint(settings.fresh_tokens);
+    let bearer = format!("authorization: Bearer {}", tokens.repeated);
+    let with_token = |variant: Variant| Variant { headers: vec![bearer.clone()], ..variant };
+    variants.push(with_token(start(
+        "native-jwt",
+        "+ Envoy's native jwt_authn, RS256, no jwt cache",
+        base().native_filter("envoy.filters.http.jwt_authn", tokens.native_jwt_authn(false)),
+    )));
+    variants.push(with_token(start(
+        "native-jwt-cache",
+        "+ Envoy's native jwt_authn, RS256, jwt cache on",
+        base().native_filter("envoy.filters.http.jwt_authn", tokens.native_jwt_authn(true)),
+    )));
+    variants.push(with_token(start(
+        "auth-hot",
+        "+ auth, RS256, the same token every request",
+        base().wasm_filter("auth", tokens.ours()),
+    )));
+    variants.push(Variant {
+        script: Some(("token_pool.lua", tokens.pool_argument())),
+        ..start("auth-fresh", "+ auth, RS256, a token not seen recently", base().wasm_filter("auth", tokens.ours()))
+    });
 
     // Aggregation: three delayed backends answered as one, against the slowest one alone.
     let delayed: Vec<Backend> = AGGREGATED_DELAYS_MS
@@ -199,12 +230,14 @@ fn main() {
 }
 
 fn drive(wrk: &Wrk, variant: &Variant, seconds: u64, settings: &Settings) -> integration_tests::load::WrkReport {
+    let mut headers = vec!["x-gateway-consumer: bench"];
+    headers.extend(variant.headers.iter().map(String::as_str));
     wrk.run(&WrkRun {
         url: &format!("{}{}", variant.envoy.url(), variant.path),
         seconds,
         threads: 1,
         connections: settings.connections,
-        headers: &["x-gateway-consumer: bench"],
+        headers: &headers,
         script: variant.script,
     })
 }
@@ -279,7 +312,7 @@ fn report(variants: &[Variant], settings: &Settings) {
         );
     }
     println!();
-    for (variant, target) in [("metrics", 1.5), ("rl-hot", 2.0), ("rl-many", 2.0)] {
+    for (variant, target) in [("metrics", 1.5), ("rl-hot", 2.0), ("rl-many", 2.0), ("auth-hot", 2.0)] {
         if let Some((_, ratio)) = ratios.iter().find(|(name, _)| *name == variant) {
             let verdict = if *ratio <= target { "met" } else { "NOT met" };
             println!("target: {variant} adds at most {target}x what the empty filter adds: {ratio:.2}x ({verdict})");
@@ -345,5 +378,75 @@ fn envoy_version() -> String {
     match (parts.next(), parts.next()) {
         (Some(sha), Some(version)) => format!("Envoy {version} ({})", sha.get(..12).unwrap_or(sha)),
         _ => format!("Envoy {build}"),
+    }
+}
+
+/// RS256 tokens for the authentication variants, signed with the test-only key in
+/// `filters/auth/tests/fixtures`, and the provider configurations that accept them.
+struct BenchTokens {
+    jwk: Value,
+    repeated: String,
+    pool_file: std::path::PathBuf,
+}
+
+impl BenchTokens {
+    fn mint(count: usize) -> BenchTokens {
+        let keys: Value = serde_json::from_str(
+            &std::fs::read_to_string(paths::repo_root().join("filters/auth/tests/fixtures/test_keys.json"))
+                .unwrap_or_else(|e| panic!("test keys: {e}")),
+        )
+        .unwrap_or_else(|e| panic!("test keys: {e}"));
+        let pem = keys["rsa"]["private_pem"].as_str().unwrap_or_default().to_string();
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("test key: {e}"));
+        let exp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 86_400;
+        let sign = |subject: usize| {
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+            header.kid = Some("rsa-1".into());
+            let claims =
+                json!({"iss": "https://bench.test", "aud": "bench", "sub": format!("user-{subject}"), "exp": exp});
+            jsonwebtoken::encode(&header, &claims, &key).unwrap_or_else(|e| panic!("signing: {e}"))
+        };
+        eprintln!("bench: signing {count} RS256 tokens for the auth-fresh variant ...");
+        let halves: Vec<Vec<String>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..2)
+                .map(|half| scope.spawn(move || (half..count).step_by(2).map(sign).collect::<Vec<_>>()))
+                .collect();
+            workers.into_iter().map(|worker| worker.join().unwrap_or_default()).collect()
+        });
+        let pool_file = paths::repo_root().join("target/bench-tokens.txt");
+        std::fs::write(&pool_file, halves.concat().join("\n") + "\n")
+            .unwrap_or_else(|e| panic!("{}: {e}", pool_file.display()));
+        BenchTokens { jwk: keys["rsa"]["jwk"].clone(), repeated: sign(count), pool_file }
+    }
+
+    fn jwks(&self) -> String {
+        json!({ "keys": [self.jwk] }).to_string()
+    }
+
+    fn ours(&self) -> Value {
+        json!({
+            "providers": {"bench": {"issuer": "https://bench.test", "audiences": ["bench"], "local_jwks": {"inline_string": self.jwks()}}},
+            "rules": [{"requires": {"provider_name": "bench"}}]
+        })
+    }
+
+    fn native_jwt_authn(&self, cache: bool) -> Value {
+        let mut provider = json!({"issuer": "https://bench.test", "audiences": ["bench"], "local_jwks": {"inline_string": self.jwks()}});
+        if cache {
+            provider["jwt_cache_config"] = json!({"jwt_cache_size": 1000});
+        }
+        json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"bench": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]
+        })
+    }
+
+    /// The wrk script argument: the token file's path (the bench runs once, so the string
+    /// lives as long as the process).
+    fn pool_argument(&self) -> &'static [&'static str] {
+        let path: &'static str = Box::leak(self.pool_file.display().to_string().into_boxed_str());
+        Box::leak(vec![path].into_boxed_slice())
     }
 }
