@@ -296,3 +296,35 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
         assert!(error.contains(&format!("ratelimit: invalid configuration at `{expected}`")), "{config}: {error}");
     }
 }
+
+/// With the auth filter in front, the consumer key is the authenticated consumer: a client
+/// cannot move to another consumer's bucket by sending the header itself.
+#[test]
+fn consumer_keys_come_from_the_auth_filter() {
+    use sha2::{Digest, Sha256};
+    let backend = Backend::echo("api");
+    let digest = |key: &str| format!("{:x}", Sha256::digest(key.as_bytes()));
+    let auth = json!({
+        "api_keys": {"keys": {digest("alice-key"): "alice", digest("bob-key"): "bob"}},
+        "rules": [{"requires": {"api_key": {}}}]
+    });
+    let limits = json!({"rules": [rule("per-consumer", json!(["consumer"]), 2, "hour", 2)]});
+    let gateway = Gateway::new()
+        .cluster("api_svc", &[backend.port()])
+        .route("api", "/", "api_svc")
+        .wasm_filter("auth", auth)
+        .wasm_filter("ratelimit", limits);
+    let envoy = Envoy::start(&gateway.render(), 2);
+    let send = |key: &str, claimed: Option<&str>| {
+        let mut headers = vec![("x-api-key", key)];
+        headers.extend(claimed.map(|consumer| ("x-gateway-consumer", consumer)));
+        get(&envoy, "/", &headers).status
+    };
+    assert_eq!(send("alice-key", None), 200);
+    assert_eq!(send("alice-key", Some("bob")), 200, "still alice's bucket");
+    assert_eq!(send("alice-key", Some("carol")), 429, "alice's two are used, whatever she claims");
+    assert_eq!(send("bob-key", None), 200);
+    assert_eq!(send("bob-key", None), 200);
+    assert_eq!(send("bob-key", None), 429);
+    assert_eq!(get(&envoy, "/", &[("x-gateway-consumer", "dave")]).status, 401, "no key, no request");
+}

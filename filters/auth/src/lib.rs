@@ -272,8 +272,13 @@ impl Context for AuthHttp {}
 
 impl HttpContext for AuthHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let Some(worker) = &self.worker else { return Action::Continue };
-        let Ok(mut worker) = worker.try_borrow_mut() else { return Action::Continue };
+        // An authentication filter that cannot look must not let the request through.
+        let Some(mut worker) = self.worker.as_ref().and_then(|worker| worker.try_borrow_mut().ok()) else {
+            log::error!("auth: no configuration or state for this request; refusing it");
+            let body = error_body("auth_unavailable", "authentication is unavailable; retry shortly");
+            let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(&body));
+            return Action::Pause;
+        };
         let worker = &mut *worker;
         let config = Rc::clone(&worker.config);
         let now = now_ms();

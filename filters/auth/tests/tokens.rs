@@ -327,6 +327,7 @@ fn hostile_tokens_are_refused() {
             403,
         ),
     ];
+    println!("{} hostile tokens", cases.len());
     for (name, token, expected) in cases {
         let (got, message) = status(&config, &token);
         assert_eq!(got, expected, "{name}: {message}");
