@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn peer_vectors() -> Value {
-    let path = paths::repo_root().join("../shared/peer-vectors/envoy-jwt_authn.json");
+    let path = paths::repo_root().join("integration-tests/fixtures/envoy-jwt_authn.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }

@@ -415,3 +415,30 @@ fn an_unknown_kid_asks_for_a_refetch() {
     assert!(matches!(decision, Decision::Deny(ref denial) if denial.status == 401));
     assert_eq!(refetch, [0]);
 }
+
+#[test]
+fn tokens_from_query_parameters_and_cookies() {
+    let config = config(json!({"from_headers": [], "from_params": ["access_token"], "from_cookies": ["session"]}));
+    let token = mint(Algorithm::ES256, &claims());
+    let request = |path: String, cookie: Option<String>| {
+        let mut headers = HashMap::from([(":method".to_string(), "GET".to_string()), (":path".to_string(), path)]);
+        if let Some(cookie) = cookie {
+            headers.insert("cookie".into(), cookie);
+        }
+        Request(headers)
+    };
+    let Decision::Allow(changes) = run(&config, &request(format!("/orders?page=2&access_token={token}&x=1"), None))
+    else {
+        panic!("query token refused")
+    };
+    assert_eq!(changes.new_path.as_deref(), Some("/orders?page=2&x=1"), "the token is removed from the query");
+    let Decision::Allow(changes) =
+        run(&config, &request("/orders".into(), Some(format!("theme=dark; session={token}"))))
+    else {
+        panic!("cookie token refused")
+    };
+    assert!(changes.remove_headers.is_empty(), "the cookie header stays: other cookies belong to the upstream");
+    assert!(matches!(run(&config, &request("/orders".into(), Some("session=".into()))), Decision::Deny(_)));
+    // The Authorization header is not a source for this provider.
+    assert!(matches!(run(&config, &bearer(&token)), Decision::Deny(ref denial) if denial.status == 401));
+}
