@@ -6,6 +6,7 @@ use crate::template::{Scope, UrlTemplate, Variable};
 use gateway_common::config::{header_name, parse_json, ConfigError};
 use gateway_common::duration::parse_duration;
 use gateway_common::path_match::{PathMatch, RawPathMatch};
+use gateway_common::request_match::method_name;
 use gateway_common::CONSUMER_HEADER;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -135,7 +136,7 @@ impl AggregateConfig {
 }
 
 fn compile_endpoint(raw: RawEndpoint, field: &str) -> Result<Endpoint, ConfigError> {
-    let method = method(&raw.method, &format!("{field}.method"))?;
+    let method = method_name(&raw.method, &format!("{field}.method"))?;
     let path = PathMatch::compile(&RawPathMatch::Template(raw.path), &format!("{field}.path"))
         .map_err(|error| ConfigError::field(format!("{field}.path"), error.message))?;
     let timeout = duration(raw.timeout.as_deref(), DEFAULT_TIMEOUT, &format!("{field}.timeout"))?;
@@ -258,7 +259,7 @@ fn compile_backend(
         url: UrlTemplate::compile(&raw.path, scope, &format!("{field}.path"))?,
         name: raw.name,
         cluster: raw.cluster,
-        method: method(&raw.method, &format!("{field}.method"))?,
+        method: method_name(&raw.method, &format!("{field}.method"))?,
         forward_headers,
         timeout,
         required: raw.required,
@@ -285,13 +286,6 @@ fn stages(backends: &[Backend]) -> Vec<Vec<usize>> {
     }
     let count = stage_of.iter().max().map_or(0, |last| last + 1);
     (0..count).map(|stage| (0..backends.len()).filter(|index| stage_of.get(*index) == Some(&stage)).collect()).collect()
-}
-
-fn method(text: &str, field: &str) -> Result<String, ConfigError> {
-    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_alphabetic()) {
-        return Err(ConfigError::field(field, format!("`{text}` is not a method")));
-    }
-    Ok(text.to_ascii_uppercase())
 }
 
 fn duration(text: Option<&str>, default: Duration, field: &str) -> Result<Duration, ConfigError> {

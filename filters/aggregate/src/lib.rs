@@ -8,14 +8,13 @@ pub mod template;
 
 use aggregation::{Aggregation, Answer, Body, Request, Step};
 use config::AggregateConfig;
-use gateway_common::host::plugin_configuration;
+use gateway_common::host::{now_millis, plugin_configuration};
 use gateway_common::path_match::strip_query;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 use template::percent_decode;
 
 proxy_wasm::main! {{
@@ -181,10 +180,7 @@ impl AggregateHttp {
     }
 }
 
+/// The host's clock in milliseconds (0 if it cannot be read: every deadline then passes).
 fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|now| now.duration_since(UNIX_EPOCH).ok())
-        .and_then(|since| u64::try_from(since.as_millis()).ok())
-        .unwrap_or(0)
+    now_millis().unwrap_or(0)
 }

@@ -2,9 +2,10 @@
 //! what the filter does (let the request on with identity headers, or answer 401/403). No
 //! proxy-wasm import: the request is seen through [`RequestFacts`].
 
-use crate::config::{ApiKeySource, AuthConfig, Provider, Requirement, Rule, TokenSource};
+use crate::config::{ApiKeySource, AuthConfig, Provider, Requirement, TokenSource};
 use crate::jwt::{self, claim, Rejection};
 use crate::keyring::KeyRing;
+use gateway_common::request_match::MatchFacts;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::cell::OnceCell;
@@ -22,6 +23,7 @@ struct Lazy<'a> {
     facts: &'a dyn RequestFacts,
     method: OnceCell<String>,
     path: OnceCell<String>,
+    route: OnceCell<Option<String>>,
 }
 
 impl Lazy<'_> {
@@ -35,6 +37,23 @@ impl Lazy<'_> {
 
     fn header(&self, name: &str) -> Option<String> {
         self.facts.header(name)
+    }
+}
+
+/// The shared rule matcher's view of the request.
+struct MatchView<'l, 'a>(&'l Lazy<'a>);
+
+impl MatchFacts for MatchView<'_, '_> {
+    fn method(&mut self) -> Option<&str> {
+        Some(self.0.method())
+    }
+
+    fn path(&mut self) -> Option<&str> {
+        Some(self.0.path())
+    }
+
+    fn route(&mut self) -> Option<&str> {
+        self.0.route.get_or_init(|| self.0.facts.route_name()).as_deref()
     }
 }
 
@@ -100,7 +119,7 @@ pub fn decide(
     now_seconds: u64,
     refetch: &mut Refetch,
 ) -> Decision {
-    let request = &Lazy { facts: request, method: OnceCell::new(), path: OnceCell::new() };
+    let request = &Lazy { facts: request, method: OnceCell::new(), path: OnceCell::new(), route: OnceCell::new() };
     if config.allow_cors_preflight
         && request.method() == "OPTIONS"
         && request.header("origin").is_some()
@@ -108,7 +127,7 @@ pub fn decide(
     {
         return Decision::Allow(Changes::default());
     }
-    let Some(rule) = config.rules.iter().find(|rule| rule_matches(rule, request)) else {
+    let Some(rule) = config.rules.iter().find(|rule| rule.matcher.matches(&mut MatchView(request))) else {
         return Decision::Deny(Denial {
             status: 403,
             www_authenticate: None,
@@ -146,12 +165,6 @@ pub fn decide(
             message: description,
         }),
     }
-}
-
-fn rule_matches(rule: &Rule, request: &Lazy) -> bool {
-    (rule.methods.is_empty() || rule.methods.iter().any(|m| m == request.method()))
-        && rule.path.as_ref().is_none_or(|matcher| matcher.matches(request.path()))
-        && rule.route.as_ref().is_none_or(|route| request.facts.route_name().as_deref() == Some(route.as_str()))
 }
 
 /// What the checks of one request share.

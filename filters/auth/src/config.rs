@@ -4,7 +4,8 @@
 use crate::jwks::{self, Key};
 use gateway_common::config::{header_name, parse_json, ConfigError};
 use gateway_common::duration::parse_duration;
-use gateway_common::path_match::{PathMatch, RawPathMatch};
+use gateway_common::path_match::RawPathMatch;
+use gateway_common::request_match::RequestMatch;
 use gateway_common::CONSUMER_HEADER;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
@@ -234,9 +235,7 @@ pub enum ApiKeySource {
 
 #[derive(Debug)]
 pub struct Rule {
-    pub path: Option<PathMatch>,
-    pub methods: Vec<String>,
-    pub route: Option<String>,
+    pub matcher: RequestMatch,
     /// `None`: no authentication.
     pub requires: Option<Requirement>,
 }
@@ -297,35 +296,19 @@ impl AuthConfig {
         let mut rules = Vec::new();
         for (index, rule) in raw.rules.into_iter().enumerate() {
             let field = format!("rules[{index}]");
-            let path = rule
-                .matcher
-                .path
-                .as_ref()
-                .map(|path| PathMatch::compile(path, &format!("{field}.match.path")))
-                .transpose()?;
-            let methods = rule
-                .matcher
-                .methods
-                .iter()
-                .enumerate()
-                .map(|(i, method)| {
-                    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
-                        Err(ConfigError::field(
-                            format!("{field}.match.methods[{i}]"),
-                            format!("`{method}` is not a method"),
-                        ))
-                    } else {
-                        Ok(method.to_ascii_uppercase())
-                    }
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let matcher = RequestMatch::compile(
+                rule.matcher.path.as_ref(),
+                &rule.matcher.methods,
+                rule.matcher.route,
+                &format!("{field}.match"),
+            )?;
             let requires = rule
                 .requires
                 .map(|requirement| {
                     compile_requirement(requirement, &providers, api_keys.is_some(), &format!("{field}.requires"))
                 })
                 .transpose()?;
-            rules.push(Rule { path, methods, route: rule.matcher.route, requires });
+            rules.push(Rule { matcher, requires });
         }
         Ok(AuthConfig {
             consumer_header,

@@ -11,7 +11,7 @@ pub mod remote;
 
 use authenticate::{Decision, RequestFacts};
 use config::{AuthConfig, JwksSource, RemoteJwks};
-use gateway_common::host::{plugin_configuration, HostSharedData};
+use gateway_common::host::{now_millis, plugin_configuration, HostSharedData};
 use gateway_common::response::error_body;
 use gateway_common::shared::{ensure_exists, SharedStore};
 use keyring::KeyRing;
@@ -20,7 +20,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs a panic at critical level.
@@ -338,12 +338,9 @@ fn set_header(name: &str, value: Option<&str>) {
     }
 }
 
+/// The host's clock in milliseconds (0 if it cannot be read: tokens with `exp` then fail).
 fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|now| now.duration_since(UNIX_EPOCH).ok())
-        .and_then(|since| u64::try_from(since.as_millis()).ok())
-        .unwrap_or(0)
+    now_millis().unwrap_or(0)
 }
 
 struct HostRequest;

@@ -30,6 +30,17 @@ impl SharedStore for HostSharedData {
     }
 }
 
+/// The host's clock (Envoy's wall clock) in milliseconds since the Unix epoch.
+pub fn now_millis() -> Option<u64> {
+    now_nanos().map(|nanos| nanos / 1_000_000)
+}
+
+/// The host's clock in nanoseconds since the Unix epoch.
+pub fn now_nanos() -> Option<u64> {
+    let now = hostcalls::get_current_time().ok()?;
+    u64::try_from(now.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()).ok()
+}
+
 /// The plugin's `configuration` bytes (empty when Envoy passes none).
 pub fn plugin_configuration() -> Result<Vec<u8>, String> {
     hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)

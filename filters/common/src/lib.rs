@@ -12,6 +12,7 @@ pub mod config;
 pub mod duration;
 pub mod host;
 pub mod path_match;
+pub mod request_match;
 pub mod response;
 pub mod shared;
 

@@ -5,7 +5,8 @@ use crate::gcra::Limit;
 use crate::table::WAYS;
 use gateway_common::config::{header_name, parse_json, ConfigError};
 use gateway_common::duration::parse_duration;
-use gateway_common::path_match::{PathMatch, RawPathMatch};
+use gateway_common::path_match::RawPathMatch;
+use gateway_common::request_match::RequestMatch;
 use gateway_common::CONSUMER_HEADER;
 use serde::Deserialize;
 
@@ -119,10 +120,8 @@ pub struct Rule {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Match {
-    pub path: Option<PathMatch>,
-    /// Upper-case methods; empty means any.
-    pub methods: Vec<String>,
-    pub route: Option<String>,
+    /// Path, methods, route name.
+    pub request: RequestMatch,
     pub headers: Vec<HeaderMatch>,
 }
 
@@ -223,14 +222,7 @@ fn compile_rule(raw: RawRule, field: &str) -> Result<Rule, ConfigError> {
 }
 
 fn compile_match(raw: RawMatch, field: &str) -> Result<Match, ConfigError> {
-    let path = raw.path.as_ref().map(|path| PathMatch::compile(path, &format!("{field}.path"))).transpose()?;
-    let mut methods = Vec::with_capacity(raw.methods.len());
-    for (index, method) in raw.methods.iter().enumerate() {
-        if method.is_empty() || !method.bytes().all(|byte| byte.is_ascii_alphabetic()) {
-            return Err(ConfigError::field(format!("{field}.methods[{index}]"), format!("`{method}` is not a method")));
-        }
-        methods.push(method.to_ascii_uppercase());
-    }
+    let request = RequestMatch::compile(raw.path.as_ref(), &raw.methods, raw.route, field)?;
     let mut headers = Vec::with_capacity(raw.headers.len());
     for (index, header) in raw.headers.into_iter().enumerate() {
         let field = format!("{field}.headers[{index}]");
@@ -243,7 +235,7 @@ fn compile_match(raw: RawMatch, field: &str) -> Result<Match, ConfigError> {
         };
         headers.push(HeaderMatch { name, condition });
     }
-    Ok(Match { path, methods, route: raw.route, headers })
+    Ok(Match { request, headers })
 }
 
 fn compile_limit(raw: &RawLimit, field: &str) -> Result<Limit, ConfigError> {
@@ -342,9 +334,9 @@ mod tests {
         assert_eq!(config.failure_policy, FailurePolicy::FailClosed);
         assert!(config.legacy_headers);
         let rule = &config.rules[0];
-        assert_eq!(rule.matcher.methods, ["POST", "PUT"]);
-        assert_eq!(rule.matcher.route.as_deref(), Some("orders"));
-        assert!(rule.matcher.path.as_ref().unwrap().matches("/orders/7"));
+        assert_eq!(rule.matcher.request.methods, ["POST", "PUT"]);
+        assert_eq!(rule.matcher.request.route.as_deref(), Some("orders"));
+        assert!(rule.matcher.request.path.as_ref().unwrap().matches("/orders/7"));
         assert_eq!(
             rule.matcher.headers,
             [

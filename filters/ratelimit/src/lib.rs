@@ -8,7 +8,7 @@ pub mod limiter;
 pub mod table;
 
 use config::{FailurePolicy, RateLimitConfig};
-use gateway_common::host::{plugin_configuration, HostSharedData};
+use gateway_common::host::{now_nanos, plugin_configuration, HostSharedData};
 use gateway_common::response::error_body;
 use limiter::{CheckResult, Decision, Failure, RequestFacts, Verdict};
 use proxy_wasm::hostcalls;
@@ -16,7 +16,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs a panic at critical level.
@@ -255,11 +255,6 @@ impl Worker {
             "ratelimit: rule `{name}`: {why}; {policy}. Logged once per worker; see gateway_ratelimit_failures_total"
         );
     }
-}
-
-fn now_nanos() -> Option<u64> {
-    let now = hostcalls::get_current_time().ok()?;
-    u64::try_from(now.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()
 }
 
 /// The request as the host sees it; each read is one host call.

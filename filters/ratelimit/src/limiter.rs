@@ -7,6 +7,7 @@ use crate::gcra::Acquire;
 use crate::table::{self, bucket_id, Outcome};
 use gateway_common::client_ip::from_source_address;
 use gateway_common::path_match::strip_query;
+use gateway_common::request_match::MatchFacts;
 use gateway_common::shared::{update, SharedStore, UpdateError};
 
 /// Compare-and-swap attempts per bucket update. Every lost attempt means another worker's
@@ -58,6 +59,20 @@ impl<'a> Memo<'a> {
     fn peer(&mut self) -> Option<&[u8]> {
         let facts = &mut self.facts;
         self.peer.get_or_insert_with(|| facts.peer_address()).as_deref()
+    }
+}
+
+impl MatchFacts for Memo<'_> {
+    fn method(&mut self) -> Option<&str> {
+        self.header(":method").and_then(|bytes| std::str::from_utf8(bytes).ok())
+    }
+
+    fn path(&mut self) -> Option<&str> {
+        self.header(":path").and_then(|bytes| std::str::from_utf8(bytes).ok())
+    }
+
+    fn route(&mut self) -> Option<&str> {
+        Memo::route(self).and_then(|bytes| std::str::from_utf8(bytes).ok())
     }
 }
 
@@ -167,24 +182,8 @@ pub fn evaluate(
 }
 
 fn matches(matcher: &Match, memo: &mut Memo) -> bool {
-    if !matcher.methods.is_empty() {
-        let method = memo.header(":method").unwrap_or_default();
-        if !matcher.methods.iter().any(|allowed| allowed.as_bytes() == method) {
-            return false;
-        }
-    }
-    if let Some(path) = &matcher.path {
-        let Some(actual) = memo.header(":path").and_then(|bytes| std::str::from_utf8(bytes).ok()) else {
-            return false;
-        };
-        if !path.matches(actual) {
-            return false;
-        }
-    }
-    if let Some(route) = &matcher.route {
-        if memo.route() != Some(route.as_bytes()) {
-            return false;
-        }
+    if !matcher.request.matches(memo) {
+        return false;
     }
     matcher.headers.iter().all(|header| {
         let value = memo.header(&header.name);
