@@ -49,11 +49,13 @@ done
 cat <<'TEXT'
 The gateway is running on http://127.0.0.1:10000 (Envoy admin on http://127.0.0.1:9901).
 Try:
+  TOKEN=$(curl -s 'http://127.0.0.1:10000/token?sub=ada&scope=orders:read%20orders:write&format=raw')
   curl -s http://127.0.0.1:10000/users/1
-  curl -s -H 'x-gateway-consumer: ada' 'http://127.0.0.1:10000/orders?user_id=1'
+  curl -s -H "authorization: Bearer $TOKEN" 'http://127.0.0.1:10000/orders?user_id=1'
   curl -s http://127.0.0.1:10000/inventory/kbd-01
-  curl -si -X POST http://127.0.0.1:10000/orders   # 3 per minute per client, then 429
-  curl -s http://127.0.0.1:10000/api/users/1/dashboard   # users + orders + inventory in one answer
+  curl -si -X POST -H "authorization: Bearer $TOKEN" http://127.0.0.1:10000/orders   # 3 per minute, then 429
+  curl -s -H "authorization: Bearer $TOKEN" http://127.0.0.1:10000/api/users/1/dashboard   # three services, one answer
+  curl -s -H 'x-api-key: demo-key-ci-bot' http://127.0.0.1:10000/api/users/2/dashboard
   curl -s http://127.0.0.1:9901/stats/prometheus | grep '^gateway_'
 Logs: .run/envoy.log and .run/backends.log. Press Ctrl-C to stop.
 TEXT
