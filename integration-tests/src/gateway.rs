@@ -6,9 +6,10 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Labels our filters' metrics carry: the metrics filter's (plus its overflow counter's
-/// `label`) and the ratelimit filter's `rule`, `decision` and `reason`.
-pub const GATEWAY_LABELS: [&str; 9] =
-    ["route", "upstream", "method", "code", "consumer", "label", "rule", "decision", "reason"];
+/// `label`), the ratelimit filter's `rule`, `decision` and `reason`, and the auth filter's
+/// `result` and `provider`.
+pub const GATEWAY_LABELS: [&str; 11] =
+    ["route", "upstream", "method", "code", "consumer", "label", "rule", "decision", "reason", "result", "provider"];
 
 pub struct Gateway {
     routes: Vec<Value>,

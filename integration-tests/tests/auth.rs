@@ -233,6 +233,12 @@ fn minted_tokens_for_every_algorithm_pass_and_hostile_ones_do_not() {
     let log = setup.envoy.log();
     assert!(!log.contains(signature), "a token reached the log");
     assert_eq!(setup.backend.hits(), 12, "only the good tokens reached the backend");
+    // Each worker adds its counts to Envoy's counters once a second.
+    let counted = |result: &str, expected: f64| {
+        setup.envoy.eventually_sample("gateway_auth_requests_total", &[("result", result)], expected)
+    };
+    assert_eq!(counted("allowed", 12.0), 12.0);
+    assert_eq!(counted("invalid", 7.0), 7.0);
 }
 
 #[test]

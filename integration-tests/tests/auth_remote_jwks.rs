@@ -124,6 +124,8 @@ fn one_fetch_serves_every_worker_and_rotation_needs_no_restart() {
     println!("a token with a new kid was accepted {waited:?} after its first use");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(server.fetch_count(), 2, "the unknown kid caused exactly one more fetch");
+    let fetches = [("provider", "idp"), ("result", "success")];
+    assert_eq!(envoy.eventually_sample("gateway_auth_jwks_fetches_total", &fetches, 2.0), 2.0);
     // A flood of unknown kids does not turn into a flood of fetches (cooldown, single flight).
     let bogus = token(&keys, Algorithm::RS256, "rsa", "no-such-kid");
     for _ in 0..30 {
@@ -196,4 +198,6 @@ fn the_last_good_set_outlives_failed_refreshes_and_garbage_never_replaces_it() {
         assert_eq!(status(&envoy, &good), 200, "after a refresh answered {status_code} {:.40}", body);
     }
     assert!(envoy.log().contains("key set fetch failed"), "{}", envoy.log());
+    let failures = envoy.sample("gateway_auth_jwks_fetches_total", &[("provider", "idp"), ("result", "failure")]);
+    assert!(failures >= 6.0, "failed fetches counted: {failures}");
 }

@@ -323,6 +323,12 @@ impl AuthConfig {
 }
 
 fn compile_provider(name: &str, raw: RawProvider, field: &str) -> Result<Provider, ConfigError> {
+    let valid_name = (1..=64).contains(&name.len())
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
+    if !valid_name {
+        // The name appears in metric names, where dots would split it.
+        return Err(ConfigError::field(field, format!("`{name}` is not a provider name ([A-Za-z0-9_-]{{1,64}})")));
+    }
     let algorithms = match raw.algorithms {
         None => DEFAULT_ALGORITHMS.to_vec(),
         Some(names) if names.is_empty() => {

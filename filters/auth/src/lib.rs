@@ -11,7 +11,7 @@ pub mod remote;
 
 use authenticate::{Decision, RequestFacts};
 use config::{AuthConfig, JwksSource, RemoteJwks};
-use gateway_common::host::{now_millis, plugin_configuration, HostSharedData};
+use gateway_common::host::{now_millis, plugin_configuration, BatchedCounter, HostSharedData, COUNTER_FLUSH_PERIOD};
 use gateway_common::response::error_body;
 use gateway_common::shared::{ensure_exists, SharedStore};
 use keyring::KeyRing;
@@ -28,16 +28,22 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthRoot { worker: None }) });
 }}
 
+/// The outcomes counted in `gateway_auth_requests_total{result}`.
+const RESULTS: [&str; 5] = ["allowed", "unauthorized", "invalid", "forbidden", "no_rule"];
+
 /// What one VM (one Envoy worker) keeps between requests.
 struct Worker {
     config: Rc<AuthConfig>,
     ring: KeyRing,
     /// Per provider; `Some` for `remote_jwks` providers.
     remote: Vec<Option<RemoteState>>,
+    /// One per [`RESULTS`].
+    results: [BatchedCounter; 5],
 }
 
-#[derive(Default)]
 struct RemoteState {
+    /// `gateway_auth_jwks_fetches_total{provider, result}`: success, failure.
+    fetches: [BatchedCounter; 2],
     /// CAS number of the stored set this worker last installed.
     installed_cas: u32,
     fetched_at_ms: Option<u64>,
@@ -85,6 +91,12 @@ impl Context for AuthRoot {
             Some(status) => Err(format!("the key set endpoint answered {}", String::from_utf8_lossy(status))),
             None => Err("the key set endpoint did not answer (reset or unreachable)".to_string()),
         };
+        let succeeded = outcome.is_ok();
+        if let Some(counter) =
+            worker.remote.get(index).and_then(Option::as_ref).and_then(|s| s.fetches.get(usize::from(!succeeded)))
+        {
+            counter.add(1);
+        }
         match outcome {
             Ok((body, count, skipped)) => {
                 if let Err(error) =
@@ -137,19 +149,38 @@ impl RootContext for AuthRoot {
                             return false;
                         }
                     }
-                    remote.push(Some(RemoteState::default()));
+                    let fetches = ["success", "failure"].map(|result| {
+                        BatchedCounter::define(&format!(
+                            "gateway_auth_jwks_fetches_total.provider.{}.result.{result}",
+                            provider.name
+                        ))
+                    });
+                    remote.push(Some(RemoteState {
+                        fetches,
+                        installed_cas: 0,
+                        fetched_at_ms: None,
+                        unknown_kid_seen: false,
+                        pending_call: None,
+                        logged_stale: false,
+                    }));
                 }
                 JwksSource::Local(_) => remote.push(None),
             }
         }
-        if remote.iter().any(Option::is_some) {
-            if let Err(status) = hostcalls::set_tick_period(Duration::from_millis(remote::TICK_MILLIS)) {
-                log::error!("auth: no timer for fetching key sets: {status:?}");
-                return false;
-            }
+        // Remote key sets need the faster tick; counters are flushed on every tick either way.
+        let period = if remote.iter().any(Option::is_some) {
+            Duration::from_millis(remote::TICK_MILLIS)
+        } else {
+            COUNTER_FLUSH_PERIOD
+        };
+        if let Err(status) = hostcalls::set_tick_period(period) {
+            log::error!("auth: no timer (for key set fetches and metrics): {status:?}");
+            return false;
         }
         let ring = KeyRing::new(&config);
-        self.worker = Some(Rc::new(RefCell::new(Worker { config, ring, remote })));
+        let results =
+            RESULTS.map(|result| BatchedCounter::define(&format!("gateway_auth_requests_total.result.{result}")));
+        self.worker = Some(Rc::new(RefCell::new(Worker { config, ring, remote, results })));
         true
     }
 
@@ -157,6 +188,10 @@ impl RootContext for AuthRoot {
         let Some(worker) = &self.worker else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
         let now = now_ms();
+        worker.results.iter().for_each(BatchedCounter::flush);
+        for state in worker.remote.iter().flatten() {
+            state.fetches.iter().for_each(BatchedCounter::flush);
+        }
         worker.sync(now);
         worker.start_due_fetches(now);
     }
@@ -294,6 +329,18 @@ impl HttpContext for AuthHttp {
                 // The next tick fetches the set again (single flight, after the cooldown).
                 state.unknown_kid_seen = true;
             }
+        }
+        let result = match &decision {
+            Decision::Allow(_) => 0,
+            Decision::Deny(denial) => match denial.error {
+                "unauthorized" => 1,
+                "invalid_token" => 2,
+                "insufficient_scope" => 3,
+                _ => 4,
+            },
+        };
+        if let Some(counter) = worker.results.get(result) {
+            counter.add(1);
         }
         match decision {
             Decision::Allow(changes) => {

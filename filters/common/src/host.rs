@@ -4,7 +4,39 @@
 
 use crate::shared::{SharedStore, StoreError, Versioned};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, Status};
+use proxy_wasm::types::{BufferType, MetricType, Status};
+use std::cell::Cell;
+use std::time::Duration;
+
+/// How often filters add their batched counts to Envoy's counters (from a root context tick).
+/// Envoy's own stats sinks flush every 5 s by default, so a second of lag is invisible there.
+pub const COUNTER_FLUSH_PERIOD: Duration = Duration::from_secs(1);
+
+/// An Envoy counter counted in the VM and added to Envoy's counter by [`BatchedCounter::flush`]:
+/// an increment is otherwise a host call on every request.
+pub struct BatchedCounter {
+    /// `None` where the host refused to define it (its counts are then dropped).
+    id: Option<u32>,
+    pending: Cell<u64>,
+}
+
+impl BatchedCounter {
+    pub fn define(name: &str) -> BatchedCounter {
+        BatchedCounter { id: hostcalls::define_metric(MetricType::Counter, name).ok(), pending: Cell::new(0) }
+    }
+
+    pub fn add(&self, count: u64) {
+        self.pending.set(self.pending.get().saturating_add(count));
+    }
+
+    pub fn flush(&self) {
+        let pending = self.pending.replace(0);
+        if let (Some(id), true) = (self.id, pending > 0) {
+            // A failed increment only loses samples; requests must not fail for it.
+            let _ = hostcalls::increment_metric(id, i64::try_from(pending).unwrap_or(i64::MAX));
+        }
+    }
+}
 
 /// The VM's shared data, common to all worker threads that run this VM id.
 pub struct HostSharedData;

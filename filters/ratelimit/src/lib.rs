@@ -8,15 +8,14 @@ pub mod limiter;
 pub mod table;
 
 use config::{FailurePolicy, RateLimitConfig};
-use gateway_common::host::{now_nanos, plugin_configuration, HostSharedData};
+use gateway_common::host::{now_nanos, plugin_configuration, BatchedCounter, HostSharedData, COUNTER_FLUSH_PERIOD};
 use gateway_common::response::error_body;
 use limiter::{CheckResult, Decision, Failure, RequestFacts, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs a panic at critical level.
@@ -27,30 +26,18 @@ proxy_wasm::main! {{
 const DECISIONS: [&str; 3] = ["allowed", "rejected", "shadow_rejected"];
 const FAILURES: [Failure; 3] = [Failure::TableFull, Failure::Contended, Failure::Store];
 
-/// How often each worker adds its counted decisions to Envoy's counters. Counting in the VM and
-/// flushing once a second saves a host call per rule on every request (the metrics lag by at
-/// most this much; Envoy's own stats sinks flush every 5 s by default).
-const METRICS_FLUSH_PERIOD: Duration = Duration::from_secs(1);
-
 /// What one VM (one Envoy worker) keeps: the compiled config, the table's hash key, and its
 /// metrics.
 struct Worker {
     config: RateLimitConfig,
     seed: [u8; 16],
     /// Per rule: one counter for each of [`DECISIONS`], then one for each of [`FAILURES`].
-    counters: Vec<[Counter; 6]>,
+    counters: Vec<[BatchedCounter; 6]>,
     /// Set when the host has no timer for this VM.
     flush_each_request: bool,
     /// Failures are logged once per worker and kind, then only counted: a flood must not
     /// turn into a log flood.
     logged_failures: [Cell<bool>; 3],
-}
-
-/// An Envoy counter and the increments counted in the VM since the last flush.
-struct Counter {
-    /// `None` where the host refused to define it.
-    id: Option<u32>,
-    pending: Cell<u64>,
 }
 
 struct RateLimitRoot {
@@ -84,9 +71,8 @@ impl RootContext for RateLimitRoot {
                 return false;
             }
         };
-        let define = |family: &str, rule: &str, label: &str, value: &str| Counter {
-            id: hostcalls::define_metric(MetricType::Counter, &format!("{family}.rule.{rule}.{label}.{value}")).ok(),
-            pending: Cell::new(0),
+        let define = |family: &str, rule: &str, label: &str, value: &str| {
+            BatchedCounter::define(&format!("{family}.rule.{rule}.{label}.{value}"))
         };
         let counters = config
             .rules
@@ -107,7 +93,7 @@ impl RootContext for RateLimitRoot {
                 [decision(0), decision(1), decision(2), failure(0), failure(1), failure(2)]
             })
             .collect();
-        let flush_each_request = match hostcalls::set_tick_period(METRICS_FLUSH_PERIOD) {
+        let flush_each_request = match hostcalls::set_tick_period(COUNTER_FLUSH_PERIOD) {
             Ok(()) => false,
             Err(status) => {
                 log::warn!("ratelimit: no timer ({status:?}); metrics are flushed with each request instead");
@@ -218,7 +204,7 @@ impl Worker {
                 }
             };
             if let Some(counter) = self.counters.get(check.rule).and_then(|counters| counters.get(slot)) {
-                counter.pending.set(counter.pending.get().saturating_add(1));
+                counter.add(1);
             }
         }
         if self.flush_each_request {
@@ -227,13 +213,7 @@ impl Worker {
     }
 
     fn flush_metrics(&self) {
-        for counter in self.counters.iter().flatten() {
-            let pending = counter.pending.replace(0);
-            if let (Some(id), true) = (counter.id, pending > 0) {
-                // A failed increment only loses samples; requests must not fail for it.
-                let _ = hostcalls::increment_metric(id, pending as i64);
-            }
-        }
+        self.counters.iter().flatten().for_each(BatchedCounter::flush);
     }
 
     fn log_failure_once(&self, rule: usize, failure: Failure, index: usize) {
