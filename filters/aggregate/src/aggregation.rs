@@ -125,8 +125,17 @@ pub struct Request {
 
 enum State {
     NotStarted,
-    Pending { sent_at_ms: u64, timeout: Duration },
-    Answered { raw: Value, shaped: Value },
+    Pending {
+        sent_at_ms: u64,
+        timeout: Duration,
+        /// The timeout is what was left of the endpoint's deadline (shorter than the
+        /// backend's own), so this call timing out means the deadline passed.
+        clipped: bool,
+    },
+    Answered {
+        raw: Value,
+        shaped: Value,
+    },
     Failed(Failure),
 }
 
@@ -171,8 +180,10 @@ impl Aggregation {
         if self.finished {
             return Step::Wait;
         }
-        let Some(State::Pending { sent_at_ms, timeout }) = self.states.get(backend) else { return Step::Wait };
+        let Some(State::Pending { sent_at_ms, timeout, clipped }) = self.states.get(backend) else { return Step::Wait };
+        // Envoy's timers and the clock the filter reads differ by a few milliseconds.
         let timed_out = now_ms.saturating_sub(*sent_at_ms).saturating_add(5) >= duration_ms(*timeout);
+        let deadline_passed = now_ms >= self.deadline_ms || (timed_out && *clipped);
         let result = match answer {
             Answer::Response { status, body } if (200..300).contains(&status) => match body {
                 Body::TooLarge(_) => Err(Failure::TooLarge),
@@ -189,7 +200,7 @@ impl Aggregation {
         match result {
             Ok((raw, shaped)) => self.set(backend, State::Answered { raw, shaped }),
             Err(failure) => {
-                if now_ms >= self.deadline_ms {
+                if deadline_passed {
                     return self.finish(self.deadline_reply());
                 }
                 if let Some(reply) = self.fail(backend, failure) {
@@ -253,6 +264,7 @@ impl Aggregation {
                 match backend.url.render(&Values { request: &self.request, states: &self.states }) {
                     Ok(url) => {
                         let timeout = backend.timeout.min(remaining);
+                        let clipped = timeout < backend.timeout;
                         let mut headers = vec![
                             (":method".to_string(), backend.method.clone()),
                             (":path".to_string(), url),
@@ -264,7 +276,7 @@ impl Aggregation {
                             }
                         }
                         calls.push(Call { backend: index, cluster: backend.cluster.clone(), headers, timeout });
-                        self.set(index, State::Pending { sent_at_ms: now_ms, timeout });
+                        self.set(index, State::Pending { sent_at_ms: now_ms, timeout, clipped });
                     }
                     Err(error) => {
                         if let Some(reply) = self.fail(index, Failure::Input(error)) {
