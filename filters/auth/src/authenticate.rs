@@ -8,7 +8,7 @@ use crate::keyring::KeyRing;
 use gateway_common::request_match::MatchFacts;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 
 pub trait RequestFacts {
     /// A request header by lower-case name, pseudo-headers included.
@@ -17,13 +17,14 @@ pub trait RequestFacts {
     fn route_name(&self) -> Option<String>;
 }
 
-/// The request, with `:method` and `:path` read from the host only when something needs them
-/// (each read is a host call).
+/// The request, each fact read from the host only when something needs it and at most once
+/// (each read is a host call; several providers may look at the same header).
 struct Lazy<'a> {
     facts: &'a dyn RequestFacts,
     method: OnceCell<String>,
     path: OnceCell<String>,
     route: OnceCell<Option<String>>,
+    headers: RefCell<Vec<(String, Option<String>)>>,
 }
 
 impl Lazy<'_> {
@@ -36,7 +37,13 @@ impl Lazy<'_> {
     }
 
     fn header(&self, name: &str) -> Option<String> {
-        self.facts.header(name)
+        let mut headers = self.headers.borrow_mut();
+        if let Some((_, value)) = headers.iter().find(|(known, _)| known == name) {
+            return value.clone();
+        }
+        let value = self.facts.header(name);
+        headers.push((name.to_string(), value.clone()));
+        value
     }
 }
 
@@ -71,8 +78,6 @@ pub struct Changes {
     pub remove_headers: Vec<String>,
     /// A new `:path` without hidden query credentials.
     pub new_path: Option<String>,
-    /// For logs: who was authenticated (never the credential).
-    pub consumer: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +124,13 @@ pub fn decide(
     now_seconds: u64,
     refetch: &mut Refetch,
 ) -> Decision {
-    let request = &Lazy { facts: request, method: OnceCell::new(), path: OnceCell::new(), route: OnceCell::new() };
+    let request = &Lazy {
+        facts: request,
+        method: OnceCell::new(),
+        path: OnceCell::new(),
+        route: OnceCell::new(),
+        headers: RefCell::new(Vec::new()),
+    };
     if config.allow_cors_preflight
         && request.method() == "OPTIONS"
         && request.header("origin").is_some()
@@ -181,17 +192,19 @@ fn check(requirement: &Requirement, context: &mut Context) -> Check {
         Requirement::Provider(index) => check_provider(*index, context),
         Requirement::ApiKey => check_api_key(context.config, context.request),
         Requirement::Any(list) => {
-            let results: Vec<Check> = list.iter().map(|r| check(r, context)).collect();
-            if let Some(ok) = results.iter().find(|c| matches!(c, Check::Ok(_))) {
-                return ok.clone();
+            // The first that passes wins, and the rest are not checked at all; if none passes,
+            // the most telling failure answers: a present-but-insufficient credential, then an
+            // invalid one.
+            let mut failure = Check::Missing;
+            for requirement in list {
+                match check(requirement, context) {
+                    ok @ Check::Ok(_) => return ok,
+                    forbidden @ Check::Forbidden(_) if !matches!(failure, Check::Forbidden(_)) => failure = forbidden,
+                    invalid @ Check::Invalid(_) if matches!(failure, Check::Missing) => failure = invalid,
+                    _ => {}
+                }
             }
-            // The most telling failure: a present-but-insufficient credential, then an invalid one.
-            results
-                .iter()
-                .find(|c| matches!(c, Check::Forbidden(_)))
-                .or_else(|| results.iter().find(|c| matches!(c, Check::Invalid(_))))
-                .cloned()
-                .unwrap_or(Check::Missing)
+            failure
         }
         Requirement::All(list) => {
             let mut identity = Identity::default();
@@ -350,7 +363,7 @@ fn query_param(path: &str, name: &str) -> Option<String> {
 }
 
 fn changes(config: &AuthConfig, identity: Identity, request: &Lazy) -> Changes {
-    let mut changes = Changes { consumer: identity.consumer.clone(), ..Changes::default() };
+    let mut changes = Changes::default();
     if let Some(consumer) = identity.consumer {
         changes.set_headers.push((config.consumer_header.clone(), consumer));
     }

@@ -116,6 +116,8 @@ pub struct Rule {
     pub limit: Limit,
     pub shadow: bool,
     pub headers: bool,
+    /// Its `RateLimit-Policy` item.
+    pub policy_item: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -211,11 +213,14 @@ fn compile_rule(raw: RawRule, field: &str) -> Result<Rule, ConfigError> {
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
+    let matcher = compile_match(raw.matcher, &format!("{field}.match"))?;
+    let limit = compile_limit(&raw.limit, &format!("{field}.limit"))?;
     Ok(Rule {
+        policy_item: crate::headers::policy_item(&raw.name, &limit),
         name: raw.name,
-        matcher: compile_match(raw.matcher, &format!("{field}.match"))?,
+        matcher,
         key,
-        limit: compile_limit(&raw.limit, &format!("{field}.limit"))?,
+        limit,
         shadow: raw.shadow,
         headers: raw.headers,
     })

@@ -32,11 +32,7 @@ pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'
     if reported.is_empty() {
         return Vec::new();
     }
-    let policy = reported
-        .iter()
-        .map(|(rule, _)| format!("\"{}\";q={};w={}", rule.name, rule.limit.burst, refill_window_seconds(&rule.limit)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let policy = reported.iter().map(|(rule, _)| rule.policy_item.as_str()).collect::<Vec<_>>().join(", ");
     let state = reported
         .iter()
         .map(|(rule, acquire)| format!("\"{}\";r={};t={}", rule.name, acquire.remaining, acquire.reset_seconds))
@@ -52,6 +48,12 @@ pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'
         }
     }
     headers
+}
+
+/// The rule's `RateLimit-Policy` item, `"name";q=<burst>;w=<seconds to refill the burst>`: it
+/// never changes, so it is made once when the configuration is compiled.
+pub fn policy_item(name: &str, limit: &Limit) -> String {
+    format!("\"{name}\";q={};w={}", limit.burst, refill_window_seconds(limit))
 }
 
 /// Seconds to refill `burst` requests at `requests / period`, rounded up.

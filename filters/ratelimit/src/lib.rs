@@ -38,6 +38,7 @@ struct Worker {
     /// Failures are logged once per worker and kind, then only counted: a flood must not
     /// turn into a log flood.
     logged_failures: [Cell<bool>; 3],
+    logged_no_clock: Cell<bool>,
 }
 
 struct RateLimitRoot {
@@ -100,8 +101,14 @@ impl RootContext for RateLimitRoot {
                 true
             }
         };
-        self.worker =
-            Some(Rc::new(Worker { config, seed, counters, flush_each_request, logged_failures: Default::default() }));
+        self.worker = Some(Rc::new(Worker {
+            config,
+            seed,
+            counters,
+            flush_each_request,
+            logged_failures: Default::default(),
+            logged_no_clock: Cell::new(false),
+        }));
         true
     }
 
@@ -134,7 +141,11 @@ impl HttpContext for RateLimitHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(worker) = self.worker.clone() else { return Action::Continue };
         let Some(now) = now_nanos() else {
-            log::warn!("ratelimit: the host clock is unavailable; request not limited");
+            if !worker.logged_no_clock.replace(true) {
+                log::warn!(
+                    "ratelimit: the host clock is unavailable; requests are not limited (logged once per worker)"
+                );
+            }
             return Action::Continue;
         };
         let decision = limiter::evaluate(&worker.config, &mut HostRequest, &HostSharedData, worker.seed, now);
