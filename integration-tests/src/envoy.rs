@@ -138,6 +138,13 @@ impl Envoy {
         client::get(&format!("{}/stats/prometheus", self.admin_url())).text()
     }
 
+    /// One of Envoy's own stats by its full name (`cluster.users.upstream_rq_200`), from the
+    /// admin `/stats` text; 0 when Envoy has not created it.
+    pub fn stat(&self, name: &str) -> u64 {
+        let text = client::get(&format!("{}/stats?filter=^{}$", self.admin_url(), name.replace('.', "\\."))).text();
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok()).unwrap_or(0)
+    }
+
     /// Every series of one family in `/stats/prometheus`: its labels and value.
     pub fn series(&self, family: &str) -> Vec<Series> {
         crate::prometheus_text::parse(&self.prometheus_text(), family)

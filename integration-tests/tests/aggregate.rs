@@ -228,23 +228,73 @@ fn envoy_balances_a_cluster_of_two_instances() {
     assert!(first.hits() >= 10 && second.hits() >= 10, "round robin: {} and {}", first.hits(), second.hits());
 }
 
+/// The endpoint's deadline decides, not a race between Envoy's call timer and the filter's
+/// clock: with backends that keep the default timeout (the time left), every try is a 504,
+/// whether the slow backend is required or optional.
 #[test]
-fn a_client_that_leaves_while_calls_are_pending_breaks_nothing() {
-    let slow = Backend::echo("slow");
+fn the_deadline_is_504_every_time_with_default_backend_timeouts() {
+    let (fast, slow) = (Backend::echo("fast"), Backend::echo("slow"));
+    let endpoints = json!([
+        {"path": "/required", "timeout": "300ms", "backends": [
+            {"name": "fast", "cluster": "fast", "path": "/x", "group": "fast"},
+            {"name": "slow", "cluster": "slow", "path": "/x?delay_ms=2000", "group": "slow"}
+        ]},
+        {"path": "/optional", "timeout": "300ms", "backends": [
+            {"name": "fast", "cluster": "fast", "path": "/x", "group": "fast"},
+            {"name": "slow", "cluster": "slow", "path": "/x?delay_ms=2000", "group": "slow", "required": false}
+        ]}
+    ]);
+    let envoy = gateway(endpoints, &[("fast", &[fast.port()]), ("slow", &[slow.port()])]);
+    let tries: usize = std::env::var("DEADLINE_TRIES").ok().and_then(|n| n.parse().ok()).unwrap_or(16);
+    for path in ["/required", "/optional"] {
+        let url = format!("{}{path}", envoy.url());
+        // Concurrent tries, so the timers of both workers and a busy loop are part of it.
+        let threads: Vec<_> = (0..tries)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let answer = client::get(&url);
+                    (answer.status, answer.json()["error"].clone(), started.elapsed(), answer.text())
+                })
+            })
+            .collect();
+        for thread in threads {
+            let (status, error, elapsed, text) = thread.join().unwrap();
+            assert_eq!((status, error.as_str()), (504, Some("gateway_timeout")), "{path} after {elapsed:?}: {text}");
+            assert!(elapsed < Duration::from_millis(1500), "{path}: answered at the deadline, took {elapsed:?}");
+        }
+    }
+}
+
+/// What happens when a client leaves while calls are pending, exactly as documented: the
+/// calls already sent are not cancelled (the proxy-wasm ABI has no way to cancel a
+/// `dispatch_http_call`, and Envoy lets them run to their answer or timeout), nothing later
+/// is started, and nothing breaks.
+#[test]
+fn a_client_that_leaves_stops_later_stages_but_not_calls_already_sent() {
+    let (first, second) = (Backend::echo("first"), Backend::echo("second"));
     let endpoints = json!([{"path": "/slow", "backends": [
-        {"name": "slow", "cluster": "slow", "path": "/x?delay_ms=300", "allow": ["service"]}
+        {"name": "first", "cluster": "first", "path": "/x?delay_ms=300", "group": "first", "allow": ["service"]},
+        {"name": "second", "cluster": "second", "path": "/y/{first.service}", "group": "second", "allow": ["service"]}
     ]}]);
-    let envoy = gateway(endpoints, &[("slow", &[slow.port()])]);
-    for _ in 0..10 {
-        let address = envoy.url().trim_start_matches("http://").to_string();
-        let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let envoy = gateway(endpoints, &[("first", &[first.port()]), ("second", &[second.port()])]);
+    let address = envoy.url().trim_start_matches("http://").to_string();
+    const LEAVING: u64 = 10;
+    for _ in 0..LEAVING {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
         std::io::Write::write_all(&mut stream, b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        // Gone before the first stage answers.
+        std::thread::sleep(Duration::from_millis(20));
         drop(stream);
     }
-    std::thread::sleep(Duration::from_millis(600));
+    std::thread::sleep(Duration::from_millis(900));
+    assert_eq!(first.hits(), LEAVING, "every first-stage call was sent");
+    assert_eq!(envoy.stat("cluster.first.upstream_rq_200"), LEAVING, "and ran to its answer, not cancelled");
+    assert_eq!(second.hits(), 0, "no later stage starts for a client that left");
     let answer = get(&envoy, "/slow", &[]);
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.json(), json!({"service": "slow"}));
+    assert_eq!(answer.json(), json!({"first": {"service": "first"}, "second": {"service": "second"}}));
     let log = envoy.log();
     assert!(!log.contains("panicked") && !log.contains("critical"), "{log}");
 }

@@ -128,8 +128,8 @@ enum State {
     Pending {
         sent_at_ms: u64,
         timeout: Duration,
-        /// The timeout is what was left of the endpoint's deadline (shorter than the
-        /// backend's own), so this call timing out means the deadline passed.
+        /// The timeout is what was left of the endpoint's deadline (the backend's own is
+        /// not shorter), so this call timing out means the deadline passed.
         clipped: bool,
     },
     Answered {
@@ -181,8 +181,12 @@ impl Aggregation {
             return Step::Wait;
         }
         let Some(State::Pending { sent_at_ms, timeout, clipped }) = self.states.get(backend) else { return Step::Wait };
-        // Envoy's timers and the clock the filter reads differ by a few milliseconds.
-        let timed_out = now_ms.saturating_sub(*sent_at_ms).saturating_add(5) >= duration_ms(*timeout);
+        // Envoy's answer to a call that ran out of time says so; the clock is a second witness
+        // (a backend can also answer 504), but not a sufficient one: Envoy's timers run on the
+        // event loop's cached time and can fire several milliseconds before the filter's clock
+        // reaches the timeout on a busy worker.
+        let timed_out =
+            is_envoy_timeout(&answer) || now_ms.saturating_sub(*sent_at_ms).saturating_add(5) >= duration_ms(*timeout);
         let deadline_passed = now_ms >= self.deadline_ms || (timed_out && *clipped);
         let result = match answer {
             Answer::Response { status, body } if (200..300).contains(&status) => match body {
@@ -264,7 +268,9 @@ impl Aggregation {
                 match backend.url.render(&Values { request: &self.request, states: &self.states }) {
                     Ok(url) => {
                         let timeout = backend.timeout.min(remaining);
-                        let clipped = timeout < backend.timeout;
+                        // Equal counts: a backend without its own timeout gets exactly the time
+                        // left, and its call timing out is the deadline passing.
+                        let clipped = backend.timeout >= remaining;
                         let mut headers = vec![
                             (":method".to_string(), backend.method.clone()),
                             (":path".to_string(), url),
@@ -350,6 +356,13 @@ impl Aggregation {
             vec![("x-aggregate-failures".to_string(), items.join(", "))]
         }
     }
+}
+
+/// The body of the 504 that Envoy's router answers when a call's timeout passes.
+pub const ENVOY_TIMEOUT_BODY: &[u8] = b"upstream request timeout";
+
+fn is_envoy_timeout(answer: &Answer) -> bool {
+    matches!(answer, Answer::Response { status: 504, body: Body::Bytes(body) } if body == ENVOY_TIMEOUT_BODY)
 }
 
 fn json_reply(status: u16, error: &str, message: &str) -> Reply {
@@ -558,6 +571,46 @@ mod tests {
             replied(aggregation.answer(1, Answer::Response { status: 504, body: Body::Bytes(vec![]) }, T0 + 2000));
         assert_eq!(reply.status, 504);
         assert_eq!(body(&reply)["error"], "gateway_timeout");
+    }
+
+    /// Envoy's call timer and the filter's clock disagree by a few milliseconds: a call whose
+    /// timeout is the time left may be reported before the filter's clock reaches the
+    /// deadline. Whatever the backend's timeout setting and whatever the call's answer, that
+    /// is the deadline: 504, for a required and an optional backend alike.
+    #[test]
+    fn a_call_timing_out_at_the_deadline_is_504_whatever_its_timeout() {
+        let timed_out =
+            [Answer::Response { status: 504, body: Body::Bytes(ENVOY_TIMEOUT_BODY.to_vec()) }, Answer::Reset];
+        for required in [true, false] {
+            for timeout in [json!(null), json!("2s"), json!("3s")] {
+                for answer in &timed_out {
+                    // Envoy's own timeout answer may come well before the filter's clock says so.
+                    let earliest = if matches!(answer, Answer::Reset) { 4 } else { 40 };
+                    for early_ms in [0, 1, 2, 4, earliest] {
+                        let endpoint = endpoint(json!({"required": required, "timeout": timeout}));
+                        let mut aggregation = Aggregation::new(Rc::clone(&endpoint), request("1"), T0);
+                        let calls = sent(aggregation.start(T0));
+                        assert_eq!(calls[1].timeout, Duration::from_secs(2), "the time left");
+                        assert_eq!(aggregation.answer(0, ok(json!({"id": "1"})), T0 + 10), Step::Wait);
+                        let reply = replied(aggregation.answer(1, answer.clone(), T0 + 2000 - early_ms));
+                        let case = format!("required={required}, timeout={timeout}, {answer:?}, {early_ms} ms early");
+                        assert_eq!(reply.status, 504, "{case}");
+                        assert_eq!(body(&reply)["error"], "gateway_timeout", "{case}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_backend_timeout_shorter_than_the_deadline_is_its_own_failure() {
+        let endpoint = endpoint(json!({"required": false, "timeout": "500ms"}));
+        let mut aggregation = Aggregation::new(Rc::clone(&endpoint), request("1"), T0);
+        sent(aggregation.start(T0));
+        aggregation.answer(1, Answer::Response { status: 504, body: Body::Bytes(vec![]) }, T0 + 498);
+        let reply = replied(aggregation.answer(0, ok(json!({"id": "1"})), T0 + 600));
+        assert_eq!(reply.status, 200);
+        assert_eq!(header(&reply, "x-aggregate-failures"), Some("\"subject\";reason=timeout"));
     }
 
     fn staged() -> Rc<Endpoint> {

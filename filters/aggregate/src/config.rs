@@ -17,6 +17,20 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
 /// Forwarded to every backend unless the backend lists its own.
 pub const DEFAULT_FORWARD_HEADERS: [&str; 4] = ["authorization", "x-request-id", "traceparent", CONSUMER_HEADER];
+/// Headers that frame the client's own body: copied onto a bodiless call, they would describe
+/// a body that is not there.
+const FRAMING_HEADERS: [&str; 3] = ["content-length", "transfer-encoding", "content-encoding"];
+/// Connection-specific headers (RFC 9110 §7.6.1, and those HTTP/2 forbids).
+const HOP_BY_HOP_HEADERS: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,8 +216,19 @@ fn compile_backend(
             .collect::<Result<Vec<_>, _>>()?,
         None => DEFAULT_FORWARD_HEADERS.iter().map(|name| name.to_string()).collect(),
     };
-    if let Some(name) = forward_headers.iter().find(|name| name.starts_with(':') || *name == "host") {
-        return Err(ConfigError::field(format!("{field}.forward_headers"), format!("`{name}` is set by the filter")));
+    for (index, name) in forward_headers.iter().enumerate() {
+        let refused = if name.starts_with(':') || name == "host" {
+            Some("is set by the filter")
+        } else if FRAMING_HEADERS.contains(&name.as_str()) {
+            Some("describes the framing of the client's body; the backend call has no body")
+        } else if HOP_BY_HOP_HEADERS.contains(&name.as_str()) {
+            Some("is a hop-by-hop header (RFC 9110 §7.6.1): it belongs to one connection, not to the call")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            return Err(ConfigError::field(format!("{field}.forward_headers[{index}]"), format!("`{name}` {reason}")));
+        }
     }
     let timeout = duration(raw.timeout.as_deref(), endpoint_timeout, &format!("{field}.timeout"))?;
     if raw.fallback.is_some() && raw.required {
@@ -396,8 +421,28 @@ mod tests {
             (with_backend(json!({"allow": ["a..b"]})), "endpoints[0].backends[1].allow[0]", "dotted field path"),
             (
                 with_backend(json!({"forward_headers": ["host"]})),
-                "endpoints[0].backends[1].forward_headers",
+                "endpoints[0].backends[1].forward_headers[0]",
                 "set by the filter",
+            ),
+            (
+                with_backend(json!({"forward_headers": ["authorization", "Content-Length"]})),
+                "endpoints[0].backends[1].forward_headers[1]",
+                "framing",
+            ),
+            (
+                with_backend(json!({"forward_headers": ["transfer-encoding"]})),
+                "endpoints[0].backends[1].forward_headers[0]",
+                "framing",
+            ),
+            (
+                with_backend(json!({"forward_headers": ["connection"]})),
+                "endpoints[0].backends[1].forward_headers[0]",
+                "hop-by-hop",
+            ),
+            (
+                with_backend(json!({"forward_headers": ["upgrade"]})),
+                "endpoints[0].backends[1].forward_headers[0]",
+                "hop-by-hop",
             ),
             (
                 with_backend(json!({"max_response_bytes": 0})),
