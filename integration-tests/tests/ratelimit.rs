@@ -132,9 +132,9 @@ fn a_rejection_is_429_with_json_retry_after_and_headers() {
         assert_eq!(policy, BTreeMap::from([("per-ip".to_string(), params(&[("q", 3), ("w", 60)]))]));
         let state = rate_limit_field(answer.header("ratelimit").unwrap());
         let remaining = 2 - index as i64;
-        // The bucket refills one request per 20 s, so it is full again 20 s per used request.
-        let reset = 20 * (3 - remaining);
-        assert_eq!(state["per-ip"], params(&[("r", remaining), ("t", reset)]), "request {index}");
+        // `t` is the seconds until more quota is available: the bucket refills one request
+        // per 20 s, so one more request fits 20 s after each grant.
+        assert_eq!(state["per-ip"], params(&[("r", remaining), ("t", 20)]), "request {index}");
         assert_eq!(answer.header("x-ratelimit-limit"), Some("3"));
         assert_eq!(answer.header("x-ratelimit-remaining"), Some(remaining.to_string().as_str()));
     }
@@ -146,8 +146,10 @@ fn a_rejection_is_429_with_json_retry_after_and_headers() {
     assert_eq!(rejected.json()["error"], "rate_limited");
     assert_eq!(rejected.json()["message"], "rate limit `per-ip` exceeded; retry in 20 s");
     let state = rate_limit_field(rejected.header("ratelimit").unwrap());
-    assert_eq!(state["per-ip"], params(&[("r", 0), ("t", 60)]));
+    // `Retry-After` and `t` name the same moment (the draft: never earlier than `t`).
+    assert_eq!(state["per-ip"], params(&[("r", 0), ("t", 20)]));
     assert_eq!(rejected.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(rejected.header("x-ratelimit-reset"), Some("20"));
 }
 
 #[test]
@@ -251,29 +253,51 @@ fn matches_choose_which_requests_a_rule_limits() {
     assert_eq!(get(&setup.envoy, "/orders/1", &[]).status, 200, "method does not match");
 }
 
+/// A flood of new keys that fills the table gets one key's worth of requests, not unlimited
+/// ones and not 503s: keys without a slot share the rule's overflow bucket, whatever the
+/// failure policy; the active keys keep their own buckets; it is counted and logged.
 #[test]
-fn a_full_table_follows_the_failure_policy_and_is_counted() {
+fn a_full_table_sends_new_keys_to_the_rules_overflow_bucket() {
     // Capacity 8 is one group of eight buckets; a ninth active key cannot get one.
-    for (policy, status) in [("fail_open", 200), ("fail_closed", 503)] {
-        let config = json!({"capacity": 8, "failure_policy": policy, "rules": [rule("per-key", json!([{"header": "x-key"}]), 1, "hour", 1)]});
+    for policy in ["fail_open", "fail_closed"] {
+        let config = json!({"capacity": 8, "failure_policy": policy, "rules": [rule("per-key", json!([{"header": "x-key"}]), 5, "hour", 5)]});
         let setup = gateway(config, 2);
         for key in 0..8 {
             assert_eq!(get(&setup.envoy, "/", &[("x-key", &key.to_string())]).status, 200);
         }
-        let ninth = get(&setup.envoy, "/", &[("x-key", "8")]);
-        assert_eq!(ninth.status, status, "{policy}");
-        if status == 503 {
-            assert_eq!(ninth.json()["error"], "rate_limit_unavailable");
-            assert_eq!(ninth.header("retry-after"), Some("1"));
-        }
-        // The eight active keys were not evicted: each is still exactly at its limit.
+        // Seven flood keys, each new: the overflow bucket admits the rule's burst of 5.
+        let statuses: Vec<u16> =
+            (100..107).map(|key| get(&setup.envoy, "/", &[("x-key", &key.to_string())]).status).collect();
+        assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429], "{policy}");
+        // The eight active keys were not evicted: each has exactly 4 of its 5 left.
         for key in 0..8 {
-            assert_eq!(get(&setup.envoy, "/", &[("x-key", &key.to_string())]).status, 429, "{policy} key {key}");
+            let statuses: Vec<u16> =
+                (0..5).map(|_| get(&setup.envoy, "/", &[("x-key", &key.to_string())]).status).collect();
+            assert_eq!(statuses, [200, 200, 200, 200, 429], "{policy} key {key}");
         }
         let envoy = &setup.envoy;
-        assert_eq!(envoy.eventually_sample(FAILURES, &[("rule", "per-key"), ("reason", "table_full")], 1.0), 1.0);
-        assert!(envoy.log().contains("the bucket table group is full of active keys"), "{policy}");
+        assert_eq!(envoy.eventually_sample(FAILURES, &[("rule", "per-key"), ("reason", "table_full")], 7.0), 7.0);
+        assert!(envoy.log().contains("keys without a slot share the rule's overflow bucket"), "{policy}");
     }
+}
+
+/// One IPv6 client holds a /64: rotating through its addresses does not mint new buckets.
+#[test]
+fn an_ipv6_client_cannot_mint_keys_within_its_network() {
+    let config = json!({"rules": [rule("per-ip", json!(["client_ip"]), 3, "hour", 3)]});
+    let backend = Backend::echo("api");
+    // Behind one trusted proxy, which names the client in x-forwarded-for.
+    let gateway = Gateway::new()
+        .cluster("api_svc", &[backend.port()])
+        .route("api", "/", "api_svc")
+        .use_remote_address(1)
+        .wasm_filter("ratelimit", config);
+    let setup = Setup { envoy: Envoy::start(&gateway.render(), 1), _backend: backend };
+    let statuses: Vec<u16> = (1..=6)
+        .map(|host| get(&setup.envoy, "/", &[("x-forwarded-for", &format!("2001:db8:0:7::{host:x}"))]).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(get(&setup.envoy, "/", &[("x-forwarded-for", "2001:db8:0:8::1")]).status, 200, "another /64");
 }
 
 #[test]

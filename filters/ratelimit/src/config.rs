@@ -38,7 +38,8 @@ struct RawRule {
     name: String,
     #[serde(default, rename = "match")]
     matcher: RawMatch,
-    key: Vec<KeyPart>,
+    /// Parsed by hand ([`compile_key_part`]): a part is a name or a one-field object.
+    key: Vec<serde_json::Value>,
     limit: RawLimit,
     #[serde(default)]
     shadow: bool,
@@ -140,16 +141,55 @@ pub enum HeaderCondition {
     Equals(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPart {
-    ClientIp,
+    /// Envoy's trusted client address, masked to a network.
+    ClientIp(ClientIpMask),
     Consumer,
     Path,
     Route,
     /// Lower-case header name (after compiling).
     Header(String),
     Fixed(String),
+}
+
+/// How much of the client address keys a bucket (Envoy's `masked_remote_address` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpMask {
+    #[serde(default = "default_v4_prefix")]
+    pub v4_prefix_mask_len: u8,
+    #[serde(default = "default_v6_prefix")]
+    pub v6_prefix_mask_len: u8,
+}
+
+/// One IPv4 address is one client.
+fn default_v4_prefix() -> u8 {
+    32
+}
+
+/// An IPv6 client usually holds a whole /64 (RFC 6177), so its addresses are one key.
+fn default_v6_prefix() -> u8 {
+    64
+}
+
+impl Default for ClientIpMask {
+    fn default() -> Self {
+        ClientIpMask { v4_prefix_mask_len: default_v4_prefix(), v6_prefix_mask_len: default_v6_prefix() }
+    }
+}
+
+impl ClientIpMask {
+    /// The key part for `ip`: its masked network, then the prefix length.
+    pub fn key(&self, ip: std::net::IpAddr) -> Vec<u8> {
+        let network = gateway_common::client_ip::mask(ip, self.v4_prefix_mask_len, self.v6_prefix_mask_len);
+        let (mut bytes, prefix) = match network {
+            std::net::IpAddr::V4(v4) => (v4.octets().to_vec(), self.v4_prefix_mask_len),
+            std::net::IpAddr::V6(v6) => (v6.octets().to_vec(), self.v6_prefix_mask_len),
+        };
+        bytes.push(prefix);
+        bytes
+    }
 }
 
 impl RateLimitConfig {
@@ -206,12 +246,7 @@ fn compile_rule(raw: RawRule, field: &str) -> Result<Rule, ConfigError> {
         .key
         .into_iter()
         .enumerate()
-        .map(|(index, part)| {
-            Ok(match part {
-                KeyPart::Header(name) => KeyPart::Header(header_name(&name, &format!("{field}.key[{index}].header"))?),
-                other => other,
-            })
-        })
+        .map(|(index, part)| compile_key_part(part, &format!("{field}.key[{index}]")))
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let matcher = compile_match(raw.matcher, &format!("{field}.match"))?;
     let limit = compile_limit(&raw.limit, &format!("{field}.limit"))?;
@@ -224,6 +259,45 @@ fn compile_rule(raw: RawRule, field: &str) -> Result<Rule, ConfigError> {
         shadow: raw.shadow,
         headers: raw.headers,
     })
+}
+
+const KEY_PART_FORMS: &str = "use `client_ip`, `consumer`, `path`, `route`, {\"header\": NAME}, {\"fixed\": TEXT} or {\"client_ip\": {\"v4_prefix_mask_len\": N, \"v6_prefix_mask_len\": N}}";
+
+/// A key part: a name (`"client_ip"`) or an object with one field (`{"header": "x-tenant"}`).
+fn compile_key_part(raw: serde_json::Value, field: &str) -> Result<KeyPart, ConfigError> {
+    use serde_json::Value;
+    let unknown = |what: &str| ConfigError::field(field, format!("{what} is not a key part: {KEY_PART_FORMS}"));
+    match raw {
+        Value::String(name) => match name.as_str() {
+            "client_ip" => Ok(KeyPart::ClientIp(ClientIpMask::default())),
+            "consumer" => Ok(KeyPart::Consumer),
+            "path" => Ok(KeyPart::Path),
+            "route" => Ok(KeyPart::Route),
+            _ => Err(unknown(&format!("`{name}`"))),
+        },
+        Value::Object(object) if object.len() == 1 => {
+            let Some((kind, value)) = object.into_iter().next() else { return Err(unknown("an empty object")) };
+            let inner = format!("{field}.{kind}");
+            match (kind.as_str(), value) {
+                ("header", Value::String(name)) => Ok(KeyPart::Header(header_name(&name, &inner)?)),
+                ("fixed", Value::String(text)) => Ok(KeyPart::Fixed(text)),
+                ("client_ip", value) => {
+                    let mask: ClientIpMask = serde_json::from_value(value)
+                        .map_err(|error| ConfigError::field(inner.clone(), error.to_string()))?;
+                    if mask.v4_prefix_mask_len > 32 {
+                        return Err(ConfigError::field(format!("{inner}.v4_prefix_mask_len"), "must be 0 to 32"));
+                    }
+                    if mask.v6_prefix_mask_len > 128 {
+                        return Err(ConfigError::field(format!("{inner}.v6_prefix_mask_len"), "must be 0 to 128"));
+                    }
+                    Ok(KeyPart::ClientIp(mask))
+                }
+                ("header" | "fixed", _) => Err(ConfigError::field(inner, "must be a string")),
+                (other, _) => Err(unknown(&format!("`{other}`"))),
+            }
+        }
+        other => Err(unknown(&other.to_string())),
+    }
 }
 
 fn compile_match(raw: RawMatch, field: &str) -> Result<Match, ConfigError> {
@@ -327,7 +401,8 @@ mod tests {
                     "route": "orders",
                     "headers": [{"name": "X-Plan", "equals": "free"}, {"name": "x-debug", "present": false}]
                 },
-                "key": ["client_ip", "consumer", "path", "route", {"header": "X-Api-Key"}, {"fixed": "all"}],
+                "key": ["client_ip", "consumer", "path", "route", {"header": "X-Api-Key"}, {"fixed": "all"},
+                        {"client_ip": {"v4_prefix_mask_len": 24}}],
                 "limit": {"requests": 5, "per": "90s", "burst": 2},
                 "shadow": true,
                 "headers": false
@@ -352,12 +427,13 @@ mod tests {
         assert_eq!(
             rule.key,
             [
-                KeyPart::ClientIp,
+                KeyPart::ClientIp(ClientIpMask { v4_prefix_mask_len: 32, v6_prefix_mask_len: 64 }),
                 KeyPart::Consumer,
                 KeyPart::Path,
                 KeyPart::Route,
                 KeyPart::Header("x-api-key".into()),
-                KeyPart::Fixed("all".into())
+                KeyPart::Fixed("all".into()),
+                KeyPart::ClientIp(ClientIpMask { v4_prefix_mask_len: 24, v6_prefix_mask_len: 64 }),
             ]
         );
         assert_eq!(rule.limit, Limit { requests: 5, period_seconds: 90, burst: 2 });
@@ -403,7 +479,20 @@ mod tests {
             (with(json!({"name": "a.b"})), "rules[0].name", "is not"),
             (with(json!({"name": ""})), "rules[0].name", "is not"),
             (with(json!({"key": []})), "rules[0].key", "at least one part"),
-            (with(json!({"key": ["ip"]})), "rules[0].key[0]", "unknown variant `ip`"),
+            (with(json!({"key": ["ip"]})), "rules[0].key[0]", "`ip` is not a key part"),
+            (
+                with(json!({"key": [{"client_ip": {"v6_prefix_mask_len": 129}}]})),
+                "rules[0].key[0].client_ip.v6_prefix_mask_len",
+                "0 to 128",
+            ),
+            (
+                with(json!({"key": [{"client_ip": {"v4_prefix_mask_len": 33}}]})),
+                "rules[0].key[0].client_ip.v4_prefix_mask_len",
+                "0 to 32",
+            ),
+            (with(json!({"key": [{"client_ip": {"v4": 24}}]})), "rules[0].key[0].client_ip", "unknown field `v4`"),
+            (with(json!({"key": [{"header": 7}]})), "rules[0].key[0].header", "must be a string"),
+            (with(json!({"key": [{"header": "a", "fixed": "b"}]})), "rules[0].key[0]", "is not a key part"),
             (with(json!({"key": [{"header": "bad header"}]})), "rules[0].key[0].header", "not an HTTP header name"),
             (with(json!({"limit": {"requests": 0, "per": "second"}})), "rules[0].limit.requests", "between 1"),
             (with(json!({"limit": {"requests": 1, "per": "0s"}})), "rules[0].limit.per", "at least one second"),

@@ -30,7 +30,9 @@ pub struct Acquire {
     pub tat: u128,
     /// Requests that could still be admitted right now.
     pub remaining: u64,
-    /// Whole seconds until the bucket is full again (rounded up).
+    /// Whole seconds until more quota is available, i.e. until one more request than
+    /// `remaining` would be admitted (rounded up): the draft's `t`. For a rejection it equals
+    /// `retry_after_seconds`.
     pub reset_seconds: u64,
     /// For a rejection: whole seconds until a request would be admitted (rounded up, so never
     /// earlier than the real refill). Zero when allowed.
@@ -63,22 +65,26 @@ impl Limit {
         let backlog = tat.saturating_sub(now);
         if backlog <= tolerance {
             let tat = now.max(tat) + interval;
+            let remaining = self.remaining(tat - now);
             Acquire {
                 allowed: true,
                 tat,
-                remaining: self.remaining(tat - now),
-                reset_seconds: self.ticks_to_seconds_ceil(tat - now),
+                remaining,
+                reset_seconds: self.seconds_until_more(tat - now, remaining),
                 retry_after_seconds: 0,
             }
         } else {
-            Acquire {
-                allowed: false,
-                tat,
-                remaining: 0,
-                reset_seconds: self.ticks_to_seconds_ceil(backlog),
-                retry_after_seconds: self.ticks_to_seconds_ceil(backlog - tolerance).max(1),
-            }
+            let wait = self.seconds_until_more(backlog, 0);
+            Acquire { allowed: false, tat, remaining: 0, reset_seconds: wait, retry_after_seconds: wait }
         }
+    }
+
+    /// Whole seconds until a key with `backlog` ticks taken, and so `remaining` requests
+    /// left, has `remaining + 1`: the backlog must fall to `(burst - remaining - 1) * T`.
+    /// Rounded up and at least 1, so a client that waits that long is admitted.
+    fn seconds_until_more(&self, backlog: u128, remaining: u64) -> u64 {
+        let allowed_backlog = self.interval() * u128::from(self.burst.saturating_sub(remaining).saturating_sub(1));
+        self.ticks_to_seconds_ceil(backlog.saturating_sub(allowed_backlog)).max(1)
     }
 
     /// How many more requests fit in `burst * T` after `backlog` ticks are taken.
@@ -170,7 +176,7 @@ mod tests {
         let rejected = limit.acquire(tat, START);
         assert!(!rejected.allowed);
         assert_eq!(rejected.retry_after_seconds, 60);
-        assert_eq!(rejected.reset_seconds, 120);
+        assert_eq!(rejected.reset_seconds, 60, "t is when more quota is available, as Retry-After");
         // Exactly at the promised time a request fits; a nanosecond before it does not.
         assert!(!limit.acquire(tat, START + 60 * SECOND - 1).allowed);
         assert!(limit.acquire(tat, START + 60 * SECOND).allowed);
@@ -180,6 +186,34 @@ mod tests {
         let rejected = fast.acquire(tat, START);
         assert_eq!(rejected.retry_after_seconds, 1);
         assert!(fast.acquire(tat, START + 400_000_000).allowed);
+    }
+
+    /// draft-ietf-httpapi-ratelimit-headers-10: `t` is the seconds until more quota is
+    /// available, so for 5 per minute (one every 12 s) it is 12 on every grant and on the
+    /// rejection, where it equals `Retry-After`; and waiting `t` seconds really admits one more.
+    #[test]
+    fn reset_is_the_wait_for_more_quota() {
+        let limit = limit(5, 60, 5);
+        let mut tat = 0;
+        for expected_remaining in [4, 3, 2, 1, 0] {
+            let granted = limit.acquire(tat, START);
+            assert!(granted.allowed);
+            assert_eq!((granted.remaining, granted.reset_seconds), (expected_remaining, 12));
+            tat = granted.tat;
+        }
+        let rejected = limit.acquire(tat, START);
+        assert_eq!((rejected.reset_seconds, rejected.retry_after_seconds), (12, 12));
+        // Part way through a refill step the wait is what is left of it, rounded up.
+        let later = limit.acquire(tat, START + 5 * SECOND);
+        assert_eq!((later.allowed, later.reset_seconds), (false, 7));
+        let at_t = limit.acquire(tat, START + 12 * SECOND);
+        assert!(at_t.allowed);
+        assert_eq!((at_t.remaining, at_t.reset_seconds), (0, 12));
+        // A grant that leaves the bucket below its burst after a partial refill: 3 per second.
+        let fast = Limit { requests: 3, period_seconds: 1, burst: 3 };
+        let tat = fast.acquire(0, START).tat;
+        let next = fast.acquire(tat, START + 100_000_000);
+        assert_eq!((next.remaining, next.reset_seconds), (1, 1));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!   `RateLimit-Policy: "per-ip";q=20;w=60` and `RateLimit: "per-ip";r=19;t=3`.
 //!   `q` is the burst (what `r` counts down from) and `w` the seconds it takes to refill the
 //!   whole burst at the sustained rate (rounded up), so with the default burst it is exactly
-//!   `requests` per `per`.
+//!   `requests` per `per`. `r` is what can be sent now and `t` the seconds until more quota
+//!   is available (the draft's §4.1.2: one more request fits after `t` seconds, rounded up);
+//!   on a 429, `t` and `Retry-After` are the same number.
 //! - Optionally the legacy `X-RateLimit-Limit/Remaining/Reset` (as Envoy's local_ratelimit
 //!   writes them), for the rule closest to its limit.
 //! - On 429: `Retry-After` in whole seconds, rounded up so a client that waits that long is
@@ -84,9 +86,9 @@ mod tests {
     #[test]
     fn one_item_per_applied_rule_with_headers() {
         let checks = [
-            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)) },
-            Check { rule: 1, result: CheckResult::ShadowRejected(acquired(0, 3)) },
-            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)) },
+            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)), overflowed: false },
+            Check { rule: 1, result: CheckResult::ShadowRejected(acquired(0, 3)), overflowed: false },
+            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)), overflowed: false },
         ];
         assert_eq!(
             rate_limit_headers(&config(false), &checks),
@@ -100,8 +102,8 @@ mod tests {
     #[test]
     fn legacy_headers_describe_the_tightest_rule() {
         let checks = [
-            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)) },
-            Check { rule: 1, result: CheckResult::Allowed(acquired(7, 2)) },
+            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)), overflowed: false },
+            Check { rule: 1, result: CheckResult::Allowed(acquired(7, 2)), overflowed: false },
         ];
         let headers = rate_limit_headers(&config(true), &checks);
         assert_eq!(
@@ -117,8 +119,8 @@ mod tests {
     #[test]
     fn failed_or_silent_rules_add_nothing() {
         let checks = [
-            Check { rule: 0, result: CheckResult::Failed(Failure::TableFull) },
-            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)) },
+            Check { rule: 0, result: CheckResult::Failed(Failure::TableFull), overflowed: false },
+            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)), overflowed: false },
         ];
         assert!(rate_limit_headers(&config(true), &checks).is_empty());
     }

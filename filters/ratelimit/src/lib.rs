@@ -65,7 +65,7 @@ impl RootContext for RateLimitRoot {
         }
         // Envoy configures the plugin on its main thread before it starts the workers, so the
         // whole table exists before any request can update it.
-        let seed = match limiter::create_table(&HostSharedData, config.groups, fresh_seed) {
+        let seed = match limiter::create_table(&HostSharedData, &config, fresh_seed) {
             Ok(seed) => seed,
             Err(error) => {
                 log::error!("ratelimit: cannot create the bucket table in shared data: {error}");
@@ -204,6 +204,13 @@ impl RateLimitHttp {
 impl Worker {
     fn count(&self, decision: &Decision) {
         for check in &decision.checks {
+            if check.overflowed {
+                // Counted as `table_full` and as its decision in the overflow bucket.
+                self.log_failure_once(check.rule, Failure::TableFull, 0);
+                if let Some(counter) = self.counters.get(check.rule).and_then(|counters| counters.get(3)) {
+                    counter.add(1);
+                }
+            }
             let slot = match check.result {
                 CheckResult::Allowed(_) => 0,
                 CheckResult::Rejected(_) => 1,
@@ -233,12 +240,15 @@ impl Worker {
             return;
         }
         let name = self.config.rules.get(rule).map_or("", |rule| rule.name.as_str());
-        let policy = match self.config.failure_policy {
-            FailurePolicy::FailOpen => "letting requests through (fail_open)",
-            FailurePolicy::FailClosed => "answering 503 (fail_closed)",
+        let policy = match (failure, self.config.failure_policy) {
+            (Failure::TableFull, _) => "keys without a slot share the rule's overflow bucket (one key's limit)",
+            (_, FailurePolicy::FailOpen) => "letting requests through (fail_open)",
+            (_, FailurePolicy::FailClosed) => "answering 503 (fail_closed)",
         };
         let why = match failure {
-            Failure::TableFull => "the bucket table group is full of active keys (raise `capacity`)",
+            Failure::TableFull => {
+                "a bucket table group is full of active keys (raise `capacity` if this is not a flood)"
+            }
             Failure::Contended => "shared data stayed contended through every compare-and-swap attempt",
             Failure::Store => "shared data failed",
         };

@@ -4,7 +4,7 @@
 
 use crate::config::{FailurePolicy, HeaderCondition, KeyPart, Match, RateLimitConfig, Rule};
 use crate::gcra::Acquire;
-use crate::table::{self, bucket_id, Outcome};
+use crate::table::{self, bucket_id, BucketId, Outcome};
 use gateway_common::client_ip::from_source_address;
 use gateway_common::path_match::strip_query;
 use gateway_common::request_match::MatchFacts;
@@ -113,6 +113,9 @@ pub struct Check {
     /// Index into `RateLimitConfig::rules`.
     pub rule: usize,
     pub result: CheckResult,
+    /// The key's table group was full of other active buckets, so the request was charged to
+    /// the rule's overflow bucket instead (see [`table::overflow_key`]).
+    pub overflowed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,17 +157,15 @@ pub fn evaluate(
         };
         let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
         let id = bucket_id(seed, config.groups, &rule.name, &rule.limit, &parts);
-        let key = table::group_key(config.groups, id.group);
-        let result =
-            match update(store, &key, MAX_CAS_ATTEMPTS, |group| table::decide(group, id, &rule.limit, now_nanos)) {
-                Ok(Outcome::Acquired(acquire)) if acquire.allowed => CheckResult::Allowed(acquire),
-                Ok(Outcome::Acquired(acquire)) if rule.shadow => CheckResult::ShadowRejected(acquire),
-                Ok(Outcome::Acquired(acquire)) => CheckResult::Rejected(acquire),
-                Ok(Outcome::TableFull) => CheckResult::Failed(Failure::TableFull),
-                Err(UpdateError::Contended { .. }) => CheckResult::Failed(Failure::Contended),
-                Err(UpdateError::Missing | UpdateError::Store(_)) => CheckResult::Failed(Failure::Store),
-            };
-        checks.push(Check { rule: index, result });
+        let mut result = charge(store, &table::group_key(config.groups, id.group), id, rule, now_nanos);
+        let overflowed = result == CheckResult::Failed(Failure::TableFull);
+        if overflowed {
+            // Neither unlimited nor refused: every key without a slot shares one bucket of
+            // the rule's own limit, so a flood of new keys gets one key's worth of requests.
+            let id = table::overflow_id(seed, &rule.name, &rule.limit);
+            result = charge(store, &table::overflow_key(&rule.name), id, rule, now_nanos);
+        }
+        checks.push(Check { rule: index, result, overflowed });
         match result {
             CheckResult::Rejected(acquire) => {
                 return Decision {
@@ -179,6 +180,18 @@ pub fn evaluate(
         }
     }
     Decision { verdict: Verdict::Allow, checks }
+}
+
+/// One request against the bucket `id` stored under the shared-data key `key`.
+fn charge(store: &dyn SharedStore, key: &str, id: BucketId, rule: &Rule, now_nanos: u64) -> CheckResult {
+    match update(store, key, MAX_CAS_ATTEMPTS, |group| table::decide(group, id, &rule.limit, now_nanos)) {
+        Ok(Outcome::Acquired(acquire)) if acquire.allowed => CheckResult::Allowed(acquire),
+        Ok(Outcome::Acquired(acquire)) if rule.shadow => CheckResult::ShadowRejected(acquire),
+        Ok(Outcome::Acquired(acquire)) => CheckResult::Rejected(acquire),
+        Ok(Outcome::TableFull) => CheckResult::Failed(Failure::TableFull),
+        Err(UpdateError::Contended { .. }) => CheckResult::Failed(Failure::Contended),
+        Err(UpdateError::Missing | UpdateError::Store(_)) => CheckResult::Failed(Failure::Store),
+    }
 }
 
 fn matches(matcher: &Match, memo: &mut Memo) -> bool {
@@ -200,11 +213,9 @@ fn key_parts(rule: &Rule, config: &RateLimitConfig, memo: &mut Memo) -> Option<V
     rule.key
         .iter()
         .map(|part| match part {
-            KeyPart::ClientIp => memo.peer().and_then(from_source_address).map(|ip| ip.to_string().into_bytes()),
+            KeyPart::ClientIp(mask) => memo.peer().and_then(from_source_address).map(|ip| mask.key(ip)),
             KeyPart::Consumer => memo.header(&config.consumer_header).map(<[u8]>::to_vec),
-            KeyPart::Path => memo
-                .header(":path")
-                .map(|path| std::str::from_utf8(path).map_or(path, |text| strip_query(text).as_bytes()).to_vec()),
+            KeyPart::Path => memo.header(":path").map(path_key),
             KeyPart::Route => memo.route().map(<[u8]>::to_vec),
             KeyPart::Header(name) => memo.header(name).map(<[u8]>::to_vec),
             KeyPart::Fixed(text) => Some(text.as_bytes().to_vec()),
@@ -212,13 +223,35 @@ fn key_parts(rule: &Rule, config: &RateLimitConfig, memo: &mut Memo) -> Option<V
         .collect()
 }
 
-/// Creates the table's groups and the shared hash key. Call from `on_configure`: Envoy runs
-/// it on its main thread before the workers start, so every group exists before a request
-/// can update it (the host ignores the CAS for keys that do not exist yet).
-pub fn create_table(store: &dyn SharedStore, groups: u32, fresh_seed: [u8; 16]) -> Result<[u8; 16], String> {
+/// The `path` key part: the path without its query string or trailing slashes, so `/p/` is
+/// not a fresh bucket once `/p` is spent. Other spellings (`//p`, `/./p`, `/%70`) are made one
+/// by Envoy's path normalization, which the shipped configs turn on (`normalize_path`,
+/// `merge_slashes`): the filter sees the path Envoy routes.
+fn path_key(path: &[u8]) -> Vec<u8> {
+    let path = std::str::from_utf8(path).map_or(path, |text| strip_query(text).as_bytes());
+    let mut end = path.len();
+    while end > 1 && path.get(end - 1) == Some(&b'/') {
+        end -= 1;
+    }
+    path.get(..end).unwrap_or(path).to_vec()
+}
+
+/// Creates the table's groups, each rule's overflow bucket and the shared hash key. Call from
+/// `on_configure`: Envoy runs it on its main thread before the workers start, so every group
+/// exists before a request can update it (the host ignores the CAS for keys that do not exist
+/// yet).
+pub fn create_table(
+    store: &dyn SharedStore,
+    config: &RateLimitConfig,
+    fresh_seed: [u8; 16],
+) -> Result<[u8; 16], String> {
     use gateway_common::shared::ensure_exists;
     ensure_exists(store, table::SEED_KEY, &fresh_seed).map_err(|e| e.to_string())?;
     let seed = read_seed(store)?;
+    for rule in &config.rules {
+        ensure_exists(store, &table::overflow_key(&rule.name), b"").map_err(|e| e.to_string())?;
+    }
+    let groups = config.groups;
     let ready = table::ready_key(groups);
     if store.get(&ready).map_err(|e| e.to_string())?.is_none() {
         for index in 0..groups {
@@ -296,7 +329,7 @@ mod tests {
         fn new(config: serde_json::Value) -> Gateway {
             let config = RateLimitConfig::parse(config.to_string().as_bytes()).unwrap();
             let store = MemoryStore::default();
-            create_table(&store, config.groups, SEED).unwrap();
+            create_table(&store, &config, SEED).unwrap();
             Gateway { config, store }
         }
         fn send(&self, request: &Request, at: u64) -> Decision {
@@ -321,6 +354,21 @@ mod tests {
         assert_eq!(gateway.allowed(&alice, NOW, 2), 2);
         assert_eq!(gateway.allowed(&alice_other_port, NOW, 5), 1, "same IP, same bucket");
         assert_eq!(gateway.allowed(&bob, NOW, 5), 3);
+        // Bob's whole /64 is one client: a new address in it cannot mint a fresh bucket.
+        assert_eq!(gateway.allowed(&Request::get("/").peer("[2001:db8::2:3]:443"), NOW, 5), 0);
+        assert_eq!(gateway.allowed(&Request::get("/").peer("[2001:db8:0:1::1]:443"), NOW, 5), 3, "next /64");
+    }
+
+    #[test]
+    fn client_ip_masks_choose_the_network_that_is_one_key() {
+        let gateway = Gateway::new(json!({"rules": [rule(
+            "per-net", json!([{"client_ip": {"v4_prefix_mask_len": 24, "v6_prefix_mask_len": 128}}]), 60, 2
+        )]}));
+        assert_eq!(gateway.allowed(&Request::get("/").peer("198.51.100.7:1"), NOW, 1), 1);
+        assert_eq!(gateway.allowed(&Request::get("/").peer("198.51.100.200:1"), NOW, 5), 1, "same /24");
+        assert_eq!(gateway.allowed(&Request::get("/").peer("198.51.101.7:1"), NOW, 5), 2);
+        assert_eq!(gateway.allowed(&Request::get("/").peer("[2001:db8::1]:1"), NOW, 5), 2);
+        assert_eq!(gateway.allowed(&Request::get("/").peer("[2001:db8::2]:1"), NOW, 5), 2, "/128: every address");
     }
 
     #[test]
@@ -330,7 +378,10 @@ mod tests {
         assert_eq!(gateway.send(&request, NOW).verdict, Verdict::Allow);
         let decision = gateway.send(&request, NOW + SECOND);
         assert_eq!(decision.verdict, Verdict::Reject { rule: 0, retry_after_seconds: 59 });
-        assert!(matches!(decision.checks[..], [Check { rule: 0, result: CheckResult::Rejected(_) }]));
+        assert!(matches!(
+            decision.checks[..],
+            [Check { rule: 0, result: CheckResult::Rejected(_), overflowed: false }]
+        ));
         assert_eq!(gateway.send(&request, NOW + 60 * SECOND).verdict, Verdict::Allow);
     }
 
@@ -395,9 +446,14 @@ mod tests {
         }));
         let request = Request::get("/a?page=1").peer("203.0.113.5:1000").route("r").header("x-tenant", "t1");
         assert_eq!(gateway.allowed(&request, NOW, 2), 1);
-        // The query string and the client's port are not part of the key.
+        // The query string, a trailing slash and the client's port are not part of the key.
         let same = Request::get("/a?page=2").peer("203.0.113.5").route("r").header("x-tenant", "t1");
         assert_eq!(gateway.allowed(&same, NOW, 1), 0);
+        for spelling in ["/a/", "/a//", "/a/?x=1"] {
+            assert_eq!(gateway.allowed(&same.clone().header(":path", spelling), NOW, 1), 0, "{spelling}");
+        }
+        assert_eq!(path_key(b"/"), b"/");
+        assert_eq!(path_key(b"//?q"), b"/");
         for different in [
             same.clone().peer("203.0.113.6:1000"),
             same.clone().header(":path", "/b"),
@@ -454,25 +510,54 @@ mod tests {
         }
     }
 
+    /// A flood of new keys that fills the table is neither let through unlimited nor refused
+    /// outright: every key that finds no slot shares the rule's overflow bucket, with the
+    /// rule's own limit, whatever the failure policy.
     #[test]
-    fn a_full_group_follows_the_failure_policy_and_spares_active_keys() {
+    fn keys_that_find_no_slot_share_the_rules_overflow_bucket() {
         // Capacity 8 is a single group of eight ways.
-        for (policy, expected) in [("fail_open", Verdict::Allow), ("fail_closed", Verdict::Unavailable { rule: 0 })] {
-            let gateway = Gateway::new(
-                json!({"capacity": 8, "failure_policy": policy, "rules": [rule("r", json!([{"header": "x-k"}]), 60, 2)]}),
-            );
+        for policy in ["fail_open", "fail_closed"] {
+            let gateway = Gateway::new(json!({"capacity": 8, "failure_policy": policy, "rules": [
+                rule("r", json!([{"header": "x-k"}]), 60, 2),
+                rule("other", json!([{"header": "x-k"}]), 60, 1000),
+            ]}));
             let key = |k: usize| Request::get("/").header("x-k", &k.to_string());
-            for k in 0..8 {
+            // Four keys, two rules: eight buckets fill the single group.
+            for k in 0..4 {
                 assert_eq!(gateway.allowed(&key(k), NOW, 1), 1);
             }
-            let decision = gateway.send(&key(8), NOW);
-            assert_eq!(decision.verdict, expected);
-            assert_eq!(decision.checks[0].result, CheckResult::Failed(Failure::TableFull));
-            // The eight active keys keep exactly what they had left.
-            for k in 0..8 {
-                assert_eq!(gateway.allowed(&key(k), NOW, 3), 1);
+            // Seven new keys: two requests through the shared overflow bucket, then 429.
+            let decisions: Vec<Decision> = (100..107).map(|k| gateway.send(&key(k), NOW)).collect();
+            let allowed = decisions.iter().filter(|decision| decision.verdict == Verdict::Allow).count();
+            assert_eq!(allowed, 2, "{policy}: the overflow bucket has the rule's burst");
+            assert!(decisions.iter().all(|decision| decision.checks[0].overflowed), "{policy}");
+            assert!(matches!(decisions[6].verdict, Verdict::Reject { rule: 0, .. }), "{policy}");
+            // The four active keys keep exactly what they had left.
+            for k in 0..4 {
+                assert_eq!(gateway.allowed(&key(k), NOW, 3), 1, "{policy}");
             }
+            // The other rule's overflow bucket is its own.
+            assert!(decisions.iter().all(|decision| decision.checks.len() < 2
+                || (decision.checks[1].overflowed && matches!(decision.checks[1].result, CheckResult::Allowed(_)))));
+            // Once the keyed buckets go idle, new keys get slots of their own again.
+            let later = NOW + 60 * SECOND;
+            let decision = gateway.send(&key(200), later);
+            assert_eq!(decision.verdict, Verdict::Allow);
+            assert!(!decision.checks[0].overflowed);
         }
+    }
+
+    /// No client key reaches the overflow bucket: it is not a hashed bucket of the table.
+    #[test]
+    fn no_key_names_the_overflow_bucket() {
+        let gateway = Gateway::new(json!({"capacity": 8, "rules": [rule("r", json!(["consumer"]), 60, 1)]}));
+        for name in ["__overflow__", "overflow", "other", "anonymous", ""] {
+            let request = Request::get("/").header("x-gateway-consumer", name);
+            assert_eq!(gateway.allowed(&request, NOW, 1), 1, "{name:?}");
+            assert!(!gateway.send(&request, NOW).checks[0].overflowed, "{name:?}");
+        }
+        let overflow = gateway.store.get(&table::overflow_key("r")).unwrap().unwrap();
+        assert!(overflow.value.is_empty(), "untouched");
     }
 
     #[test]
@@ -489,11 +574,18 @@ mod tests {
     #[test]
     fn create_table_keeps_the_first_seed_and_existing_buckets() {
         let store = MemoryStore::default();
-        assert_eq!(create_table(&store, 4, [1; 16]).unwrap(), [1; 16]);
+        let config = RateLimitConfig::parse(
+            json!({"capacity": 32, "rules": [rule("r", json!(["client_ip"]), 60, 1)]}).to_string().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(config.groups, 4);
+        assert_eq!(create_table(&store, &config, [1; 16]).unwrap(), [1; 16]);
         store.set(&table::group_key(4, 2), b"state", 0).unwrap();
+        store.set(&table::overflow_key("r"), b"overflow state", 0).unwrap();
         // A second configure (another worker, or a reload) must not reset anything.
-        assert_eq!(create_table(&store, 4, [2; 16]).unwrap(), [1; 16]);
+        assert_eq!(create_table(&store, &config, [2; 16]).unwrap(), [1; 16]);
         assert_eq!(store.get(&table::group_key(4, 2)).unwrap().unwrap().value, b"state");
+        assert_eq!(store.get(&table::overflow_key("r")).unwrap().unwrap().value, b"overflow state");
         for index in 0..4 {
             assert!(store.get(&table::group_key(4, index)).unwrap().is_some());
         }

@@ -17,9 +17,13 @@
 //!   one's limit.
 //! - **Collision policy:** a new bucket takes a free way of its group. If all [`WAYS`] ways
 //!   hold buckets that are still refilling, the request is *not* given a fresh bucket by
-//!   evicting one of them; it gets [`Outcome::TableFull`] and the configured failure policy
-//!   decides (counted in a metric). Active buckets are therefore never disturbed, and the
-//!   memory is `groups × WAYS` entries at most, whatever the number of distinct keys.
+//!   evicting one of them ([`Outcome::TableFull`]); it is charged to its rule's *overflow
+//!   bucket* instead, one more shared-data value per rule ([`overflow_key`]) with the rule's
+//!   own limit, shared by every key that finds no slot (and counted in a metric). Active
+//!   buckets are therefore never disturbed, a flood of new keys gets one key's worth of
+//!   requests rather than unlimited ones, and the memory is `groups × WAYS` entries plus one
+//!   per rule, whatever the number of distinct keys. No client key can name the overflow
+//!   bucket: it lives under its own shared-data key, outside the hashed groups.
 
 use crate::gcra::{Acquire, Limit};
 use gateway_common::shared::Step;
@@ -43,6 +47,17 @@ pub fn group_key(groups: u32, index: u32) -> String {
 /// Written after the last group of a table of `groups` groups is created.
 pub fn ready_key(groups: u32) -> String {
     format!("gateway_ratelimit.{groups}.ready")
+}
+
+/// The shared-data key of rule `rule`'s overflow bucket.
+pub fn overflow_key(rule: &str) -> String {
+    format!("gateway_ratelimit.overflow.{rule}")
+}
+
+/// The overflow bucket's id inside its own value: hashed from the rule and its limit alone (a
+/// changed limit starts a fresh bucket, as it does for keyed buckets).
+pub fn overflow_id(seed: [u8; 16], rule: &str, limit: &Limit) -> BucketId {
+    bucket_id(seed, 1, rule, limit, &[])
 }
 
 /// Identifies one bucket: which group it lives in and its fingerprint there.

@@ -143,7 +143,7 @@ fn run_schedule(
     let config = config(burst);
     let store = Arc::new(ScheduledStore::new(workers, !precreate));
     if precreate {
-        create_table(&store.inner, config.groups, SEED).unwrap();
+        create_table(&store.inner, &config, SEED).unwrap();
     }
     let handles: Vec<_> = (0..workers)
         .map(|worker| {
