@@ -74,8 +74,19 @@ pub fn raw_request(base_url: &str, head: &[u8]) -> Response {
     if stream.write_all(&request).is_err() {
         return Response { status: 0, headers: vec![], body: b"write failed".to_vec() };
     }
+    // Read until the body is complete (by content-length) or the connection ends: waiting for
+    // the close alone costs Envoy's delayed-close time on every request.
     let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => raw.extend_from_slice(chunk.get(..read).unwrap_or_default()),
+        }
+        if response_complete(&raw) {
+            break;
+        }
+    }
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -85,4 +96,12 @@ pub fn raw_request(base_url: &str, head: &[u8]) -> Response {
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
         .collect();
     Response { status, headers, body: body.as_bytes().to_vec() }
+}
+
+/// True when `raw` holds a whole response whose length its `content-length` gives.
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(head_end) = raw.windows(4).position(|window| window == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(raw.get(..head_end).unwrap_or_default()).to_ascii_lowercase();
+    let length = head.lines().find_map(|line| line.strip_prefix("content-length:")?.trim().parse::<usize>().ok());
+    length.is_some_and(|length| raw.len() >= head_end + 4 + length)
 }

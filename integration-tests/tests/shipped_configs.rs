@@ -79,8 +79,8 @@ fn compose_config_is_the_demo_gateway() {
 /// `envoy/demo.yaml` itself (only its ports moved to free ones) serves the demo backends,
 /// authenticates with the demo identity provider's tokens and an API key, counts the requests
 /// by consumer, applies its rate limits and answers the composed endpoint.
-#[test]
-fn demo_config_serves_the_demo_backends() {
+/// `envoy/demo.yaml` with its ports moved to free ones, in front of the demo backends.
+fn start_demo() -> (Envoy, Vec<Backend>) {
     let backends: Vec<Backend> = demo::SERVICES
         .iter()
         .map(|service| Backend::start("127.0.0.1:0", demo::handler(service).unwrap()).unwrap())
@@ -90,7 +90,12 @@ fn demo_config_serves_the_demo_backends() {
     for (offset, backend) in backends.iter().enumerate() {
         yaml = yaml.replace(&format!("port_value: {}", 8081 + offset), &format!("port_value: {}", backend.port()));
     }
-    let envoy = Envoy::start(&yaml, 2);
+    (Envoy::start(&yaml, 2), backends)
+}
+
+#[test]
+fn demo_config_serves_the_demo_backends() {
+    let (envoy, _backends) = start_demo();
     let url = |path: &str| format!("{}{path}", envoy.url());
     // A token from the demo identity provider, through the gateway, with one curl.
     let token_for = |scope: &str| client::get(&url(&format!("/token?sub=ada&scope={scope}&format=raw"))).text();
@@ -157,4 +162,48 @@ fn demo_config_serves_the_demo_backends() {
     assert_eq!(body["first_item"]["stock"], 14);
     assert_eq!(client::request("GET", &url("/api/nothing"), &[("authorization", &reader)]).status, 404);
     assert_eq!(count(&[("route", "composed"), ("code", "200")]), 2.0);
+}
+
+/// Every spelling of a path is the same path for routes, auth rules and rate limits, and the
+/// spellings that cannot be made one are refused: the shipped gateway normalizes paths, and
+/// refuses encoded slashes and header names with underscores (which many upstreams read as
+/// dashes, so `x_gateway_consumer` would be an identity nobody vouched for).
+#[test]
+fn demo_config_gives_each_path_one_meaning_and_refuses_underscored_headers() {
+    let (envoy, backends) = start_demo();
+    let send = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: gateway");
+        for (name, value) in headers {
+            head.push_str(&format!("\r\n{name}: {value}"));
+        }
+        client::raw_request(&envoy.url(), head.as_bytes())
+    };
+    // Writes to /orders need a token with the orders:write scope, however the path is spelled.
+    for path in ["/orders", "/./orders", "//orders", "/%6Frders", "/users/../orders", "/orders/x/.."] {
+        let answer = send("POST", path, &[]);
+        assert_eq!(answer.status, 401, "POST {path}: {}", answer.text());
+        assert_eq!(answer.json()["error"], "unauthorized", "POST {path}");
+    }
+    let count = |labels: &[(&str, &str)]| envoy.sample("gateway_requests_total", labels);
+    assert_eq!(count(&[("route", "orders"), ("method", "POST"), ("code", "401")]), 6.0, "all on the orders route");
+    // The per-client limit (burst 20) is one bucket for every spelling of a path.
+    let spellings = ["/inventory/kbd-01", "/./inventory/kbd-01", "//inventory//kbd-01", "/%69nventory/kbd-01"];
+    let started = std::time::Instant::now();
+    let statuses: Vec<u16> = (0..40).map(|index| send("GET", spellings[index % 4], &[]).status).collect();
+    // One bucket: its burst of 20, plus the one request a second it refills meanwhile. Four
+    // buckets (one per spelling) would have let all 40 through.
+    let refilled = started.elapsed().as_secs() as usize + 1;
+    let admitted = statuses.iter().filter(|status| **status == 200).count();
+    assert!((20..=20 + refilled).contains(&admitted), "{admitted} admitted: {statuses:?}");
+    assert_eq!(statuses[..20], [200; 20], "{statuses:?}");
+    // An encoded slash cannot be made one meaning: refused before any filter.
+    let inventory_hits = backends[2].hits();
+    assert_eq!(send("GET", "/inventory%2F..%2Fusers/1", &[]).status, 400);
+    assert_eq!(backends[2].hits(), inventory_hits);
+    // A client-sent consumer header under another spelling never reaches an upstream.
+    let users_hits = backends[0].hits();
+    for name in ["x_gateway_consumer", "X_Gateway-Consumer", "x-gateway_consumer"] {
+        assert_eq!(send("GET", "/users/1", &[(name, "mallory")]).status, 400, "{name}");
+    }
+    assert_eq!(backends[0].hits(), users_hits, "refused before any upstream");
 }
