@@ -6,7 +6,7 @@
 
 use crate::cardinality::{Admission, LabelValues};
 use crate::config::{LabelSpec, MetricsConfig};
-use crate::labels::{sanitize, stat_name, OVERFLOW_VALUE};
+use crate::labels::{escape_reserved, sanitize, stat_name, OVERFLOW_VALUE};
 use gateway_common::shared::{SharedStore, StoreError};
 
 pub const REQUESTS_TOTAL: &str = "gateway_requests_total";
@@ -69,7 +69,7 @@ impl Recorder {
         overflowed.clear();
         for (index, (label, admitted)) in self.config.labels.iter().zip(self.admitted.iter_mut()).enumerate() {
             let raw = raw_values.get(index).and_then(Option::as_deref);
-            let id = match raw.and_then(sanitize) {
+            let id = match raw.and_then(sanitize).map(|value| escape_reserved(value, &label.missing_value)) {
                 None => MISSING,
                 Some(value) => match admit(label, admitted, &value, store) {
                     Some(id) => FIRST_VALUE + id,
@@ -241,6 +241,23 @@ mod tests {
         }
         assert_eq!(consumers, ["a", "b", "other", "other", "a"]);
         assert_eq!(overflows, ["gateway_metrics_label_overflow_total.label.consumer"; 2]);
+    }
+
+    /// A token can name any subject: one called `anonymous` or `other` is still a consumer,
+    /// never counted as unauthenticated traffic or as the cap's overflow.
+    #[test]
+    fn consumers_named_like_the_markers_keep_their_own_series() {
+        let store = MemoryStore::default();
+        let mut recorder = recorder(r#"{"max_values": {"consumer": 10}}"#, &store);
+        let consumer = |recorder: &mut Recorder, value: Option<&str>| {
+            let (names, _) = record(recorder, &store, &[Some("r"), Some("u"), Some("GET"), Some("200"), value]);
+            names.requests.rsplit('.').next().unwrap().to_string()
+        };
+        assert_eq!(consumer(&mut recorder, None), "anonymous");
+        assert_eq!(consumer(&mut recorder, Some("anonymous")), "anonymous_");
+        assert_eq!(consumer(&mut recorder, Some("other")), "other_");
+        assert_eq!(consumer(&mut recorder, Some("__overflow__")), "__overflow__");
+        assert_eq!(consumer(&mut recorder, Some("ada")), "ada");
     }
 
     #[test]
