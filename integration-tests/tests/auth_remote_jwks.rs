@@ -126,13 +126,60 @@ fn one_fetch_serves_every_worker_and_rotation_needs_no_restart() {
     assert_eq!(server.fetch_count(), 2, "the unknown kid caused exactly one more fetch");
     let fetches = [("provider", "idp"), ("result", "success")];
     assert_eq!(envoy.eventually_sample("gateway_auth_jwks_fetches_total", &fetches, 2.0), 2.0);
-    // A flood of unknown kids does not turn into a flood of fetches (cooldown, single flight).
+    // A flood of unknown kids does not turn into a flood of fetches: at most one per
+    // `refetch_cooldown` (1 s here), single flight, however long the flood lasts.
     let bogus = token(&keys, Algorithm::RS256, "rsa", "no-such-kid");
+    let started = Instant::now();
     for _ in 0..30 {
         assert_eq!(status(&envoy, &bogus), 401);
     }
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(server.fetch_count() <= 3, "fetches: {}", server.fetch_count());
+    let window = started.elapsed();
+    let fetches = server.fetches.lock().unwrap().clone();
+    let caused = fetches.len() - 2;
+    assert!(caused <= window.as_secs() as usize + 1, "{caused} fetches in {window:?}");
+    for pair in fetches[1..].windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(900), "two fetches {:?} apart", pair[1] - pair[0]);
+    }
+}
+
+/// A key rotated in right after a fetch (well within `refetch_cooldown`, default 10 s): the
+/// first requests that use it, on both workers at once, are held while the set is fetched
+/// again, and pass. Made-up kids after that are refused at once and fetch nothing.
+#[test]
+fn a_rotated_in_key_passes_on_its_first_request() {
+    let keys = test_keys();
+    let (server, backend) = KeyServer::start(200, &jwks(&keys, &["rsa"]));
+    let (envoy, _api) = gateway(&backend, json!({}));
+    let old = token(&keys, Algorithm::RS256, "rsa", "rsa-1");
+    until(&envoy, &old, 200, 5);
+    assert_eq!(server.fetch_count(), 1);
+
+    server.serve(200, &jwks(&keys, &["rsa", "ec_p256"]));
+    let new = token(&keys, Algorithm::ES256, "ec_p256", "ec_p256");
+    let started = Instant::now();
+    let firsts: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, new) = (envoy.url(), new.clone());
+            std::thread::spawn(move || {
+                client::request("GET", &format!("{url}/x"), &[("authorization", &format!("Bearer {new}"))]).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = firsts.into_iter().map(|thread| thread.join().unwrap()).collect();
+    assert_eq!(statuses, [200; 8], "every first request with the new kid passes");
+    assert!(started.elapsed() < Duration::from_secs(3), "held only for the fetch: {:?}", started.elapsed());
+    assert!(envoy.connections_per_worker(2).iter().all(|&n| n > 0.0), "both workers held requests");
+    assert_eq!(server.fetch_count(), 2, "one fetch for all of them");
+
+    let bogus = token(&keys, Algorithm::RS256, "rsa", "made-up");
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(status(&envoy, &bogus), 401);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not held: {:?}", started.elapsed());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(server.fetch_count(), 2, "within the cooldown, made-up kids fetch nothing");
 }
 
 #[test]

@@ -96,6 +96,8 @@ enum Check {
     Missing,
     Invalid(&'static str),
     Forbidden(String),
+    /// The filter cannot judge the token (no clock): refuse, never guess.
+    Unavailable(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -121,7 +123,7 @@ pub fn decide(
     config: &AuthConfig,
     ring: &mut KeyRing,
     request: &dyn RequestFacts,
-    now_seconds: u64,
+    now_seconds: Option<u64>,
     refetch: &mut Refetch,
 ) -> Decision {
     let request = &Lazy {
@@ -165,6 +167,12 @@ pub fn decide(
             error: "invalid_token",
             message: description.to_string(),
         }),
+        Check::Unavailable(description) => Decision::Deny(Denial {
+            status: 503,
+            www_authenticate: None,
+            error: "auth_unavailable",
+            message: description.to_string(),
+        }),
         Check::Forbidden(description) => Decision::Deny(Denial {
             status: 403,
             www_authenticate: Some(format!(
@@ -183,7 +191,8 @@ struct Context<'a> {
     config: &'a AuthConfig,
     ring: &'a mut KeyRing,
     request: &'a Lazy<'a>,
-    now: u64,
+    /// Seconds since the epoch; `None` when the host's clock cannot be read.
+    now: Option<u64>,
     refetch: &'a mut Refetch,
 }
 
@@ -193,13 +202,18 @@ fn check(requirement: &Requirement, context: &mut Context) -> Check {
         Requirement::ApiKey => check_api_key(context.config, context.request),
         Requirement::Any(list) => {
             // The first that passes wins, and the rest are not checked at all; if none passes,
-            // the most telling failure answers: a present-but-insufficient credential, then an
-            // invalid one.
+            // the most telling failure answers: that a credential could not be judged, then a
+            // present-but-insufficient credential, then an invalid one.
             let mut failure = Check::Missing;
             for requirement in list {
                 match check(requirement, context) {
                     ok @ Check::Ok(_) => return ok,
-                    forbidden @ Check::Forbidden(_) if !matches!(failure, Check::Forbidden(_)) => failure = forbidden,
+                    unavailable @ Check::Unavailable(_) => failure = unavailable,
+                    forbidden @ Check::Forbidden(_)
+                        if !matches!(failure, Check::Forbidden(_) | Check::Unavailable(_)) =>
+                    {
+                        failure = forbidden
+                    }
                     invalid @ Check::Invalid(_) if matches!(failure, Check::Missing) => failure = invalid,
                     _ => {}
                 }
@@ -232,14 +246,18 @@ fn check_provider(index: usize, context: &mut Context) -> Check {
         return Check::Invalid("the provider is not configured");
     };
     let Some((token, source)) = find_token(provider, context.request) else { return Check::Missing };
-    let verified = match context.ring.cached(index, &token, context.now) {
+    // Without a clock, `exp` and `nbf` cannot be checked: an expired token must not pass.
+    let Some(now) = context.now else {
+        return Check::Unavailable("the gateway cannot read its clock to check the token; retry shortly");
+    };
+    let verified = match context.ring.cached(index, &token, now) {
         Some(verified) => verified,
-        None => match jwt::verify(&token, provider, context.ring.keys(index), context.now) {
+        None => match jwt::verify(&token, provider, context.ring.keys(index), now) {
             Ok(verified) => {
                 let exp = verified.claims.get("exp").and_then(serde_json::Value::as_f64).map(|exp| exp as u64);
                 let until = exp.map(|exp| exp.saturating_add(provider.clock_skew_seconds));
                 let verified = std::rc::Rc::new(verified);
-                context.ring.remember(index, token, std::rc::Rc::clone(&verified), until, context.now);
+                context.ring.remember(index, token, std::rc::Rc::clone(&verified), until, now);
                 verified
             }
             Err(Rejection::Invalid(description)) => return Check::Invalid(description),

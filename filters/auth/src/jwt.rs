@@ -84,24 +84,42 @@ pub fn verify(token: &str, provider: &Provider, keys: &[Key], now_seconds: u64) 
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let mut payload_unreadable = false;
+    let mut payload_problem = None;
     let claims = candidates
         .iter()
         .find_map(|key| match decode::<Value>(token, &key.decoding, &validation) {
             Ok(data) => Some(data.claims),
             Err(error) => {
                 // The signature is checked first, so any other error is about a signed payload.
-                payload_unreadable |= !matches!(error.kind(), ErrorKind::InvalidSignature);
+                if !matches!(error.kind(), ErrorKind::InvalidSignature) {
+                    payload_problem = Some(payload_error(error.kind()));
+                }
                 None
             }
         })
-        .ok_or(if payload_unreadable {
-            Rejection::Invalid("the token's payload is not JSON")
-        } else {
-            Rejection::Invalid("the token's signature is invalid")
-        })?;
+        .ok_or(Rejection::Invalid(payload_problem.unwrap_or("the token's signature is invalid")))?;
     check_claims(&claims, provider, now_seconds)?;
     Ok(Verified { claims, payload: (*payload).to_string() })
+}
+
+/// What is wrong with a signed payload that could not be read. A registered claim given twice
+/// is named: RFC 7519 §4 lets a parser refuse duplicate claim names, and for the claims that
+/// decide validity this one does (which `exp` would count is exactly what must not be guessed).
+fn payload_error(kind: &ErrorKind) -> &'static str {
+    let ErrorKind::Json(error) = kind else { return "the token's payload cannot be read" };
+    let message = error.to_string();
+    let Some(name) = message.strip_prefix("duplicate field `").and_then(|rest| rest.split('`').next()) else {
+        return "the token's payload is not JSON";
+    };
+    match name {
+        "exp" => "the token's payload repeats the `exp` claim",
+        "nbf" => "the token's payload repeats the `nbf` claim",
+        "iat" => "the token's payload repeats the `iat` claim",
+        "iss" => "the token's payload repeats the `iss` claim",
+        "aud" => "the token's payload repeats the `aud` claim",
+        "sub" => "the token's payload repeats the `sub` claim",
+        _ => "the token's payload repeats a registered claim",
+    }
 }
 
 fn check_claims(claims: &Value, provider: &Provider, now: u64) -> Result<(), Rejection> {

@@ -18,7 +18,7 @@ use keyring::KeyRing;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ proxy_wasm::main! {{
 }}
 
 /// The outcomes counted in `gateway_auth_requests_total{result}`.
-const RESULTS: [&str; 5] = ["allowed", "unauthorized", "invalid", "forbidden", "no_rule"];
+const RESULTS: [&str; 6] = ["allowed", "unauthorized", "invalid", "forbidden", "no_rule", "unavailable"];
 
 /// What one VM (one Envoy worker) keeps between requests.
 struct Worker {
@@ -38,7 +38,17 @@ struct Worker {
     /// Per provider; `Some` for `remote_jwks` providers.
     remote: Vec<Option<RemoteState>>,
     /// One per [`RESULTS`].
-    results: [BatchedCounter; 5],
+    results: [BatchedCounter; 6],
+    /// Requests paused until a key set fetch that may bring their key ends.
+    held: Vec<Held>,
+    logged_no_clock: Cell<bool>,
+}
+
+/// A paused request: its stream, the providers whose fetch it waits for, and until when.
+struct Held {
+    context_id: u32,
+    providers: Vec<usize>,
+    until_ms: u64,
 }
 
 struct RemoteState {
@@ -99,9 +109,11 @@ impl Context for AuthRoot {
         }
         match outcome {
             Ok((body, count, skipped)) => {
-                if let Err(error) =
-                    HostSharedData.set(&remote::set_key(remote), &remote::encode_set(now_ms(), &body), 0)
-                {
+                if let Err(error) = HostSharedData.set(
+                    &remote::set_key(remote),
+                    &remote::encode_set(now_millis().unwrap_or_default(), &body),
+                    0,
+                ) {
                     log::error!("auth: provider `{name}`: cannot store the fetched key set: {error}");
                 } else {
                     log::info!(
@@ -123,7 +135,10 @@ impl Context for AuthRoot {
         if let Err(error) = remote::release_lease(&HostSharedData, remote) {
             log::warn!("auth: provider `{name}`: cannot release the fetch lease: {error}");
         }
-        worker.sync(now_ms());
+        if let Some(now) = now_millis() {
+            let installed = worker.sync(now);
+            worker.release_held(now, &installed);
+        }
     }
 }
 
@@ -180,36 +195,44 @@ impl RootContext for AuthRoot {
         let ring = KeyRing::new(&config);
         let results =
             RESULTS.map(|result| BatchedCounter::define(&format!("gateway_auth_requests_total.result.{result}")));
-        self.worker = Some(Rc::new(RefCell::new(Worker { config, ring, remote, results })));
+        self.worker = Some(Rc::new(RefCell::new(Worker {
+            config,
+            ring,
+            remote,
+            results,
+            held: Vec::new(),
+            logged_no_clock: Cell::new(false),
+        })));
         true
     }
 
     fn on_tick(&mut self) {
         let Some(worker) = &self.worker else { return };
         let Ok(mut worker) = worker.try_borrow_mut() else { return };
-        let now = now_ms();
         worker.results.iter().for_each(BatchedCounter::flush);
         for state in worker.remote.iter().flatten() {
             state.fetches.iter().for_each(BatchedCounter::flush);
         }
-        worker.sync(now);
+        let Some(now) = now_millis() else { return };
+        let installed = worker.sync(now);
         worker.start_due_fetches(now);
+        worker.release_held(now, &installed);
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AuthHttp { worker: self.worker.clone() }))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(AuthHttp { worker: self.worker.clone(), context_id }))
     }
 }
 
 impl Worker {
     /// Installs stored key sets that changed since this worker last looked, and drops sets
-    /// that are too stale. True when a new set was installed.
-    fn sync(&mut self, now: u64) -> bool {
-        let mut installed = false;
+    /// that are too stale. Returns the providers that got a new set.
+    fn sync(&mut self, now: u64) -> Vec<usize> {
+        let mut installed = Vec::new();
         for index in 0..self.remote.len() {
             let Some(provider) = self.config.providers.get(index) else { continue };
             let JwksSource::Remote(source) = &provider.jwks else { continue };
@@ -227,7 +250,7 @@ impl Worker {
                     // Only sets that parsed are ever stored, so this succeeds.
                     if let Ok((keys, _)) = jwks::parse(body) {
                         self.ring.replace(index, keys);
-                        installed = true;
+                        installed.push(index);
                         state.fetched_at_ms = Some(fetched_at);
                         state.unknown_kid_seen = false;
                         state.logged_stale = false;
@@ -268,7 +291,7 @@ impl Worker {
             if !remote::fetch_due(source, now, state.fetched_at_ms, state.unknown_kid_seen, lease) {
                 continue;
             }
-            match remote::take_lease(&HostSharedData, source, now) {
+            match remote::take_lease(&HostSharedData, source, now, state.unknown_kid_seen) {
                 Ok(true) => {
                     state.unknown_kid_seen = false;
                     state.pending_call = dispatch(&provider.name, source);
@@ -283,70 +306,92 @@ impl Worker {
     }
 }
 
-fn dispatch(name: &str, source: &RemoteJwks) -> Option<u32> {
-    let headers = vec![
-        (":method", "GET"),
-        (":path", source.path.as_str()),
-        (":authority", source.authority.as_str()),
-        ("accept", "application/json"),
-    ];
-    match hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], source.timeout) {
-        Ok(token) => Some(token),
-        Err(status) => {
-            log::warn!("auth: provider `{name}`: cannot call cluster `{}` for its key set: {status:?}", source.cluster);
-            None
-        }
+impl Worker {
+    /// Decides the request of the current stream with the keys this worker holds now.
+    fn decide(&mut self, now_ms: Option<u64>, refetch: &mut authenticate::Refetch) -> Decision {
+        let config = Rc::clone(&self.config);
+        authenticate::decide(&config, &mut self.ring, &HostRequest, now_ms.map(|ms| ms / 1000), refetch)
     }
-}
 
-struct AuthHttp {
-    worker: Option<Rc<RefCell<Worker>>>,
-}
-
-impl Context for AuthHttp {}
-
-impl HttpContext for AuthHttp {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // An authentication filter that cannot look must not let the request through.
-        let Some(mut worker) = self.worker.as_ref().and_then(|worker| worker.try_borrow_mut().ok()) else {
-            log::error!("auth: no configuration or state for this request; refusing it");
-            let body = error_body("auth_unavailable", "authentication is unavailable; retry shortly");
-            let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(&body));
-            return Action::Pause;
-        };
-        let worker = &mut *worker;
-        let config = Rc::clone(&worker.config);
-        let now = now_ms();
-        let mut refetch = Vec::new();
-        let mut decision = authenticate::decide(&config, &mut worker.ring, &HostRequest, now / 1000, &mut refetch);
-        if !refetch.is_empty() && worker.sync(now) {
-            // Another worker stored a new set since this one last ticked: use it right away.
-            refetch.clear();
-            decision = authenticate::decide(&config, &mut worker.ring, &HostRequest, now / 1000, &mut refetch);
-        }
-        for index in refetch {
-            if let Some(Some(state)) = worker.remote.get_mut(index) {
-                // The next tick fetches the set again (single flight, after the cooldown).
+    /// Marks `providers` as having met a token their set cannot verify: the next due check
+    /// fetches their sets again (single flight, cooldown).
+    fn note_unknown_keys(&mut self, providers: &[usize]) {
+        for &index in providers {
+            if let Some(Some(state)) = self.remote.get_mut(index) {
                 state.unknown_kid_seen = true;
             }
         }
+    }
+
+    /// The provider's fetch lease as stored in shared data.
+    fn lease(&self, index: usize) -> Option<remote::Lease> {
+        let JwksSource::Remote(source) = &self.config.providers.get(index)?.jwks else { return None };
+        let stored = HostSharedData.get(&remote::lease_key(source)).ok().flatten()?;
+        Some(remote::Lease::decode(&stored.value))
+    }
+
+    /// Until when a request that needs new keys of `providers` may wait for a fetch, if any of
+    /// them has one in flight or due now.
+    fn hold_until(&self, providers: &[usize], now: u64) -> Option<u64> {
+        providers
+            .iter()
+            .filter_map(|&index| {
+                let JwksSource::Remote(source) = &self.config.providers.get(index)?.jwks else { return None };
+                let fetched_at = self.remote.get(index)?.as_ref()?.fetched_at_ms;
+                let lease = self.lease(index)?;
+                remote::can_hold(source, now, fetched_at, lease).then(|| remote::hold_deadline(source, now))
+            })
+            .max()
+    }
+
+    /// Decides held requests again once their fetch ended (a new set, a failure, or their
+    /// wait ran out), and lets them through or answers them. Runs only in the root context's
+    /// own callbacks, where switching the effective stream cannot disturb another request.
+    fn release_held(&mut self, now: u64, installed: &[usize]) {
+        if self.held.is_empty() {
+            return;
+        }
+        for held in std::mem::take(&mut self.held) {
+            let new_keys = held.providers.iter().any(|index| installed.contains(index));
+            let fetch_ended = held.providers.iter().all(|&index| self.lease(index).is_none_or(|l| !l.is_held(now)));
+            if !(new_keys || fetch_ended || now >= held.until_ms) {
+                self.held.push(held);
+                continue;
+            }
+            // The client may have left meanwhile; its stream is gone and so is the request.
+            if hostcalls::set_effective_context(held.context_id).is_err() {
+                continue;
+            }
+            let decision = self.decide(Some(now), &mut Vec::new());
+            if self.apply(decision) == Action::Continue {
+                if let Err(status) = hostcalls::resume_http_request() {
+                    log::warn!("auth: cannot resume a request held for its key set: {status:?}");
+                }
+            }
+        }
+    }
+
+    /// Carries out a decision on the current stream: counts it, then sets the identity
+    /// headers (the request goes on) or answers the client.
+    fn apply(&self, decision: Decision) -> Action {
         let result = match &decision {
             Decision::Allow(_) => 0,
             Decision::Deny(denial) => match denial.error {
                 "unauthorized" => 1,
                 "invalid_token" => 2,
                 "insufficient_scope" => 3,
+                "auth_unavailable" => 5,
                 _ => 4,
             },
         };
-        if let Some(counter) = worker.results.get(result) {
+        if let Some(counter) = self.results.get(result) {
             counter.add(1);
         }
         match decision {
             Decision::Allow(changes) => {
                 // Whatever the rule, a client never supplies the headers this filter vouches
                 // for: each is replaced by the verified value or removed.
-                for name in &config.owned_headers {
+                for name in &self.config.owned_headers {
                     if !changes.set_headers.iter().any(|(set, _)| set == name) {
                         set_header(name, None);
                     }
@@ -379,15 +424,71 @@ impl HttpContext for AuthHttp {
     }
 }
 
+fn dispatch(name: &str, source: &RemoteJwks) -> Option<u32> {
+    let headers = vec![
+        (":method", "GET"),
+        (":path", source.path.as_str()),
+        (":authority", source.authority.as_str()),
+        ("accept", "application/json"),
+    ];
+    match hostcalls::dispatch_http_call(&source.cluster, headers, None, vec![], source.timeout) {
+        Ok(token) => Some(token),
+        Err(status) => {
+            log::warn!("auth: provider `{name}`: cannot call cluster `{}` for its key set: {status:?}", source.cluster);
+            None
+        }
+    }
+}
+
+struct AuthHttp {
+    worker: Option<Rc<RefCell<Worker>>>,
+    context_id: u32,
+}
+
+impl Context for AuthHttp {}
+
+impl HttpContext for AuthHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // An authentication filter that cannot look must not let the request through.
+        let Some(mut worker) = self.worker.as_ref().and_then(|worker| worker.try_borrow_mut().ok()) else {
+            log::error!("auth: no configuration or state for this request; refusing it");
+            let body = error_body("auth_unavailable", "authentication is unavailable; retry shortly");
+            let _ = hostcalls::send_http_response(503, vec![("content-type", "application/json")], Some(&body));
+            return Action::Pause;
+        };
+        let worker = &mut *worker;
+        let now = now_millis();
+        if now.is_none() && !worker.logged_no_clock.replace(true) {
+            log::error!("auth: the host clock cannot be read; tokens are refused with 503 (logged once per worker)");
+        }
+        let mut refetch = Vec::new();
+        let mut decision = worker.decide(now, &mut refetch);
+        if let (Some(now), false) = (now, refetch.is_empty()) {
+            if !worker.sync(now).is_empty() {
+                // Another worker stored a new set since this one last ticked: use it right away.
+                refetch.clear();
+                decision = worker.decide(Some(now), &mut refetch);
+            }
+            worker.note_unknown_keys(&refetch);
+            // A key rotated in, or the set is not there yet: wait for the fetch (in flight, or
+            // started by the root context's next tick) rather than refuse a token that may be
+            // good. Fetches are the root context's own calls (the SDK delivers a call's answer
+            // to the context that made it, and a stream may be gone by then).
+            if matches!(decision, Decision::Deny(_)) && !refetch.is_empty() {
+                if let Some(until_ms) = worker.hold_until(&refetch, now) {
+                    worker.held.push(Held { context_id: self.context_id, providers: refetch, until_ms });
+                    return Action::Pause;
+                }
+            }
+        }
+        worker.apply(decision)
+    }
+}
+
 fn set_header(name: &str, value: Option<&str>) {
     if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
         log::warn!("auth: cannot change request header {name}: {status:?}");
     }
-}
-
-/// The host's clock in milliseconds (0 if it cannot be read: tokens with `exp` then fail).
-fn now_ms() -> u64 {
-    now_millis().unwrap_or(0)
 }
 
 struct HostRequest;

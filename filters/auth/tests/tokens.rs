@@ -105,7 +105,7 @@ fn bearer(token: &str) -> Request {
 
 /// One request with a fresh key ring (so nothing comes from the cache).
 fn run(config: &AuthConfig, request: &Request) -> Decision {
-    decide(config, &mut KeyRing::new(config), request, NOW, &mut Vec::new())
+    decide(config, &mut KeyRing::new(config), request, Some(NOW), &mut Vec::new())
 }
 
 /// The status the filter answers (200 for "let through").
@@ -391,7 +391,7 @@ fn verified_tokens_are_cached_until_they_expire_or_the_keys_change() {
     claims["exp"] = json!(NOW + 100);
     let request = bearer(&mint(Algorithm::RS256, &claims));
     let allowed = |ring: &mut KeyRing, now: u64| {
-        matches!(decide(&config, ring, &request, now, &mut Vec::new()), Decision::Allow(_))
+        matches!(decide(&config, ring, &request, Some(now), &mut Vec::new()), Decision::Allow(_))
     };
     assert!(allowed(&mut ring, NOW));
     assert_eq!(ring.cached_tokens(), 1);
@@ -410,7 +410,7 @@ fn an_unknown_kid_asks_for_a_refetch() {
     header.kid = Some("rotated-2".into());
     let token = encode(&header, &claims(), &signing_key(Algorithm::RS256)).unwrap();
     let mut refetch = Vec::new();
-    let decision = decide(&config, &mut KeyRing::new(&config), &bearer(&token), NOW, &mut refetch);
+    let decision = decide(&config, &mut KeyRing::new(&config), &bearer(&token), Some(NOW), &mut refetch);
     assert!(matches!(decision, Decision::Deny(ref denial) if denial.status == 401));
     assert_eq!(refetch, [0]);
 }
@@ -440,4 +440,48 @@ fn tokens_from_query_parameters_and_cookies() {
     assert!(matches!(run(&config, &request("/orders".into(), Some("session=".into()))), Decision::Deny(_)));
     // The Authorization header is not a source for this provider.
     assert!(matches!(run(&config, &bearer(&token)), Decision::Deny(ref denial) if denial.status == 401));
+}
+
+/// Without a clock, `exp` cannot be checked: an expired token must not pass (it did when a
+/// missing clock read as 0), and a fresh one is not let through unchecked either. Requests
+/// that need no token check are unaffected.
+#[test]
+fn without_a_clock_tokens_are_refused_not_guessed() {
+    let config = config(json!({}));
+    let mut expired_claims = claims();
+    expired_claims["exp"] = json!(NOW - 3600);
+    for token in [mint(Algorithm::RS256, &expired_claims), mint(Algorithm::RS256, &claims())] {
+        match decide(&config, &mut KeyRing::new(&config), &bearer(&token), None, &mut Vec::new()) {
+            Decision::Deny(denial) => {
+                assert_eq!((denial.status, denial.error), (503, "auth_unavailable"));
+                assert!(denial.message.contains("clock"), "{}", denial.message);
+            }
+            Decision::Allow(_) => panic!("a token passed without a clock"),
+        }
+    }
+    let public = auth::config::AuthConfig::parse(
+        json!({"providers": {}, "rules": [{"match": {"path": {"prefix": "/"}}}]}).to_string().as_bytes(),
+    )
+    .unwrap();
+    assert!(matches!(
+        decide(&public, &mut KeyRing::new(&public), &bearer("x"), None, &mut Vec::new()),
+        Decision::Allow(_)
+    ));
+}
+
+/// A signed payload that gives a registered claim twice is refused with that said, not as
+/// "not JSON"; which of the two `exp` values counts is exactly what must not be guessed.
+#[test]
+fn a_repeated_registered_claim_is_named() {
+    let config = config(json!({}));
+    let payload = format!(
+        r#"{{"iss":"https://issuer.test","aud":"orders","scope":"orders:read","exp":{},"exp":{}}}"#,
+        NOW - 10,
+        NOW + 600
+    );
+    let (code, message) = status(&config, &mint_raw_payload(payload.as_bytes()));
+    assert_eq!((code, message.as_str()), (401, "the token's payload repeats the `exp` claim"));
+    let payload = r#"{"iss":"https://issuer.test","iss":"https://evil.test","aud":"orders"}"#;
+    let (code, message) = status(&config, &mint_raw_payload(payload.as_bytes()));
+    assert_eq!((code, message.as_str()), (401, "the token's payload repeats the `iss` claim"));
 }
