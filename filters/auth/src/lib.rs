@@ -304,9 +304,7 @@ impl Worker {
             }
         }
     }
-}
 
-impl Worker {
     /// Decides the request of the current stream with the keys this worker holds now.
     fn decide(&mut self, now_ms: Option<u64>, refetch: &mut authenticate::Refetch) -> Decision {
         let config = Rc::clone(&self.config);
