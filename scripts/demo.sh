@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# Runs the gateway demo in the foreground: demo backends on 127.0.0.1:8081-8084, Envoy with
-# our filters on 127.0.0.1:10000 (admin 127.0.0.1:9901). Ctrl-C stops everything.
+# Runs the gateway demo in the foreground: two instances of each demo API service (users,
+# orders, inventory on 127.0.0.1:8081-8083 and :8091-8093), the development identity provider
+# on :8084, and Envoy with our filters on 127.0.0.1:10000 (admin 127.0.0.1:9901). Envoy finds
+# the API instances in .run/endpoints/ (EDS files it watches). Ctrl-C stops everything.
 # Called by `make demo`, which installs Envoy and builds the filters first.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 envoy=${ENVOY_BIN:-$root/.venv/bin/envoy}
 mkdir -p .run
+# Fresh endpoint files for each run; scripts/endpoints.sh changes them while the demo runs.
+rm -rf .run/endpoints .run/access.log
+cp -r envoy/endpoints .run/endpoints
 
-for port in 10000 9901 8081 8082 8083 8084; do
+for port in 10000 9901 8081 8082 8083 8084 8091 8092 8093; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "demo: port $port on 127.0.0.1 is already in use; stop what listens there and retry" >&2
     exit 1
@@ -29,7 +34,9 @@ trap stop EXIT
 # Ctrl-C is how the demo is meant to end: stop cleanly and report success.
 trap 'stop; exit 0' INT TERM
 
-target/release/demo-backends 127.0.0.1 > .run/backends.log 2>&1 &
+target/release/demo-backends 127.0.0.1 8081 > .run/backends.log 2>&1 &
+pids+=($!)
+target/release/demo-backends 127.0.0.1 8091 users orders inventory > .run/backends-2.log 2>&1 &
 pids+=($!)
 "$envoy" --config-path envoy/demo.yaml --concurrency 2 --disable-hot-restart \
   --log-level warning --component-log-level wasm:info > .run/envoy.log 2>&1 &
@@ -37,7 +44,7 @@ pids+=($!)
 
 for _ in $(seq 1 200); do
   if [[ $(curl -s http://127.0.0.1:9901/ready 2>/dev/null) == LIVE ]]; then break; fi
-  if ! kill -0 "${pids[1]}" 2>/dev/null; then
+  if ! kill -0 "${pids[2]}" 2>/dev/null; then
     echo "demo: Envoy exited; its log (.run/envoy.log):" >&2
     cat .run/envoy.log >&2
     exit 1
@@ -57,6 +64,9 @@ Try:
   curl -s -H "authorization: Bearer $TOKEN" http://127.0.0.1:10000/api/users/1/dashboard   # three services, one answer
   curl -s -H 'x-api-key: demo-key-ci-bot' http://127.0.0.1:10000/api/users/2/dashboard
   curl -s http://127.0.0.1:9901/stats/prometheus | grep '^gateway_'
-Logs: .run/envoy.log and .run/backends.log. Press Ctrl-C to stop.
+  scripts/endpoints.sh add users 127.0.0.1:8095      # a new instance (start one there first)
+  scripts/endpoints.sh remove users 127.0.0.1:8091   # take one out; Envoy follows at once
+Logs: .run/access.log (one JSON line per request), .run/envoy.log, .run/backends*.log.
+Press Ctrl-C to stop.
 TEXT
 wait

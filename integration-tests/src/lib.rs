@@ -12,3 +12,4 @@ pub mod paths;
 pub mod process;
 pub mod prometheus_text;
 pub mod scratch;
+pub mod shipped;

@@ -15,10 +15,15 @@ pub fn envoy_binary() -> PathBuf {
     }
 }
 
-/// The release build of a filter module, e.g. `wasm_module("metrics")`. Fails with the
-/// command to run when it has not been built: a missing module never skips a test.
+/// The release build of a filter module, e.g. `wasm_module("metrics")`, or the one in
+/// `$GATEWAY_WASM_DIR` (to benchmark another build against this one). Fails with the command
+/// to run when it has not been built: a missing module never skips a test.
 pub fn wasm_module(name: &str) -> PathBuf {
-    let path = repo_root().join("target/wasm32-wasip1/release").join(format!("{name}.wasm"));
+    let dir = match std::env::var_os("GATEWAY_WASM_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => repo_root().join("target/wasm32-wasip1/release"),
+    };
+    let path = dir.join(format!("{name}.wasm"));
     assert!(
         path.is_file(),
         "{} is missing: build the filters first with `make wasm` (or run everything with `make test`)",

@@ -2,13 +2,12 @@
 //! `envoy --mode validate`, the demo one runs for real, and the compose one stays the same
 //! gateway as the demo.
 
-use integration_tests::backend::Backend;
 use integration_tests::client;
-use integration_tests::demo;
-use integration_tests::envoy::{self, Envoy};
+use integration_tests::envoy;
 use integration_tests::gateway::{stats_tag_regex, GATEWAY_LABELS};
 use integration_tests::paths;
 use integration_tests::scratch::ScratchDir;
+use integration_tests::shipped::{with_built_modules, DemoServices, ShippedGateway};
 
 fn shipped_configs() -> Vec<std::path::PathBuf> {
     let mut configs: Vec<_> = std::fs::read_dir(paths::repo_root().join("envoy"))
@@ -21,28 +20,18 @@ fn shipped_configs() -> Vec<std::path::PathBuf> {
     configs
 }
 
-/// Points every `<dir>/<module>.wasm` at the module built in this checkout.
-fn with_built_modules(yaml: &str) -> String {
-    yaml.lines()
-        .map(|line| match line.find("filename: ") {
-            Some(at) if line.contains(".wasm") => {
-                let path = line[at + "filename: ".len()..].trim_end_matches(['}', ' ']);
-                let module = path.rsplit('/').next().unwrap_or_default().trim_end_matches(".wasm");
-                line.replace(path, &paths::wasm_module(module).display().to_string())
-            }
-            _ => line.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[test]
 fn every_shipped_config_passes_envoy_validate() {
     let scratch = ScratchDir::new("validate");
     for config in shipped_configs() {
         let yaml = std::fs::read_to_string(&config).unwrap();
         let rendered = scratch.path().join(config.file_name().unwrap());
-        std::fs::write(&rendered, with_built_modules(&yaml)).unwrap();
+        // The EDS files as shipped (`make demo` copies them to .run/endpoints).
+        let endpoints = paths::repo_root().join("envoy/endpoints");
+        let yaml = with_built_modules(&yaml)
+            .replace(".run/endpoints", &endpoints.display().to_string())
+            .replace(".run/access.log", &scratch.path().join("access.log").display().to_string());
+        std::fs::write(&rendered, yaml).unwrap();
         if let Err(output) = envoy::validate(&rendered) {
             panic!("{} does not validate:\n{output}", config.display());
         }
@@ -61,41 +50,50 @@ fn shipped_stats_tags_match_the_filters_labels() {
 }
 
 /// compose.yaml is demo.yaml with only what docker-compose needs changed: listen on all
-/// interfaces, modules in the image's path, backends found by DNS.
+/// interfaces, modules in the image's path, services found by DNS instead of EDS files, the
+/// access log on stdout.
 #[test]
 fn compose_config_is_the_demo_gateway() {
     let root = paths::repo_root();
     let demo = std::fs::read_to_string(root.join("envoy/demo.yaml")).unwrap();
     let compose = std::fs::read_to_string(root.join("envoy/compose.yaml")).unwrap();
     let without_header = |text: &str| text.lines().skip_while(|l| l.starts_with('#')).collect::<Vec<_>>().join("\n");
-    let normalized = without_header(&compose)
+    // How a cluster finds its endpoints (the lines between its name and connect_timeout) is
+    // the one thing that differs by design.
+    let without_discovery = |text: &str| {
+        let mut kept = Vec::new();
+        let mut skipping = false;
+        for line in text.lines() {
+            if line.starts_with("  - name: ") && kept.contains(&"  clusters:") {
+                skipping = true;
+                kept.push(line);
+                continue;
+            }
+            if line.starts_with("    connect_timeout:") {
+                skipping = false;
+            }
+            if !skipping {
+                kept.push(line);
+            }
+        }
+        kept.join("\n")
+    };
+    let normalized = without_discovery(&without_header(&compose))
         .replace("address: 0.0.0.0", "address: 127.0.0.1")
         .replace("/etc/envoy/wasm/", "target/wasm32-wasip1/release/")
-        .replace("type: STRICT_DNS", "type: STATIC")
-        .replace("address: backends,", "address: 127.0.0.1,");
-    assert_eq!(normalized, without_header(&demo));
-}
-
-/// `envoy/demo.yaml` itself (only its ports moved to free ones) serves the demo backends,
-/// authenticates with the demo identity provider's tokens and an API key, counts the requests
-/// by consumer, applies its rate limits and answers the composed endpoint.
-/// `envoy/demo.yaml` with its ports moved to free ones, in front of the demo backends.
-fn start_demo() -> (Envoy, Vec<Backend>) {
-    let backends: Vec<Backend> = demo::SERVICES
-        .iter()
-        .map(|service| Backend::start("127.0.0.1:0", demo::handler(service).unwrap()).unwrap())
-        .collect();
-    let mut yaml = with_built_modules(&std::fs::read_to_string(paths::repo_root().join("envoy/demo.yaml")).unwrap());
-    yaml = yaml.replace("port_value: 9901", "port_value: 0").replace("port_value: 10000", "port_value: 0");
-    for (offset, backend) in backends.iter().enumerate() {
-        yaml = yaml.replace(&format!("port_value: {}", 8081 + offset), &format!("port_value: {}", backend.port()));
-    }
-    (Envoy::start(&yaml, 2), backends)
+        .replace("path: /dev/stdout", "path: .run/access.log")
+        .replace("address: idp,", "address: 127.0.0.1,")
+        .replace("address: jaeger,", "address: 127.0.0.1,");
+    assert_eq!(normalized, without_discovery(&without_header(&demo)));
+    assert!(compose.contains("address: api-services, port_value: 8081") && compose.contains("type: STRICT_DNS"));
+    assert!(demo.contains("path: .run/endpoints/users.yaml") && demo.contains("type: EDS"));
 }
 
 #[test]
 fn demo_config_serves_the_demo_backends() {
-    let (envoy, _backends) = start_demo();
+    let services = DemoServices::start();
+    let gateway = ShippedGateway::start(&services.endpoints(), services.idp.port());
+    let envoy = &gateway.envoy;
     let url = |path: &str| format!("{}{path}", envoy.url());
     // A token from the demo identity provider, through the gateway, with one curl.
     let token_for = |scope: &str| client::get(&url(&format!("/token?sub=ada&scope={scope}&format=raw"))).text();
@@ -170,7 +168,10 @@ fn demo_config_serves_the_demo_backends() {
 /// dashes, so `x_gateway_consumer` would be an identity nobody vouched for).
 #[test]
 fn demo_config_gives_each_path_one_meaning_and_refuses_underscored_headers() {
-    let (envoy, backends) = start_demo();
+    let services = DemoServices::start();
+    let gateway = ShippedGateway::start(&services.endpoints(), services.idp.port());
+    let envoy = &gateway.envoy;
+    let hits = |service: &str| services.of(service).iter().map(|backend| backend.hits()).sum::<u64>();
     let send = |method: &str, path: &str, headers: &[(&str, &str)]| {
         let mut head = format!("{method} {path} HTTP/1.1\r\nhost: gateway");
         for (name, value) in headers {
@@ -197,13 +198,13 @@ fn demo_config_gives_each_path_one_meaning_and_refuses_underscored_headers() {
     assert!((20..=20 + refilled).contains(&admitted), "{admitted} admitted: {statuses:?}");
     assert_eq!(statuses[..20], [200; 20], "{statuses:?}");
     // An encoded slash cannot be made one meaning: refused before any filter.
-    let inventory_hits = backends[2].hits();
+    let inventory_hits = hits("inventory");
     assert_eq!(send("GET", "/inventory%2F..%2Fusers/1", &[]).status, 400);
-    assert_eq!(backends[2].hits(), inventory_hits);
+    assert_eq!(hits("inventory"), inventory_hits);
     // A client-sent consumer header under another spelling never reaches an upstream.
-    let users_hits = backends[0].hits();
+    let users_hits = hits("users");
     for name in ["x_gateway_consumer", "X_Gateway-Consumer", "x-gateway_consumer"] {
         assert_eq!(send("GET", "/users/1", &[(name, "mallory")]).status, 400, "{name}");
     }
-    assert_eq!(backends[0].hits(), users_hits, "refused before any upstream");
+    assert_eq!(hits("users"), users_hits, "refused before any upstream");
 }

@@ -104,6 +104,19 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+impl Reply {
+    /// For the access log: `complete` (every part), `partial` (200 without some optional
+    /// part) or `failed` (any other answer).
+    pub fn outcome(&self) -> &'static str {
+        let complete = self.headers.iter().any(|(name, value)| name == "x-aggregate-complete" && value == "true");
+        match (self.status, complete) {
+            (200, true) => "complete",
+            (200, false) => "partial",
+            _ => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     Send(Vec<Call>),
@@ -480,6 +493,7 @@ mod tests {
         assert_eq!(reply.status, 200);
         assert_eq!(header(&reply, "x-aggregate-complete"), Some("true"));
         assert_eq!(header(&reply, "x-aggregate-failures"), None);
+        assert_eq!(reply.outcome(), "complete");
         assert_eq!(body(&reply), json!({"id": "1", "name": "Ada", "orders": [{"id": "o-1"}]}));
         assert!(aggregation.is_finished());
         assert_eq!(aggregation.answer(0, Answer::Reset, T0 + 30), Step::Wait, "late answers are ignored");
@@ -526,6 +540,7 @@ mod tests {
                     expected_item.push_str(&format!(";status={status}"));
                 }
                 assert_eq!(header(&reply, "x-aggregate-failures"), Some(expected_item.as_str()), "{case}");
+                assert_eq!(reply.outcome(), if required { "failed" } else { "partial" }, "{case}");
                 if required {
                     assert_eq!(reply.status, 502, "{case}");
                     assert_eq!(body(&reply)["error"], "bad_gateway", "{case}");

@@ -8,7 +8,8 @@ pub mod template;
 
 use aggregation::{Aggregation, Answer, Body, Request, Step};
 use config::AggregateConfig;
-use gateway_common::host::{now_millis, plugin_configuration};
+use gateway_common::host::{now_millis, plugin_configuration, publish_log_field};
+use gateway_common::log_fields;
 use gateway_common::path_match::strip_query;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -148,6 +149,7 @@ impl AggregateHttp {
             match step {
                 Step::Wait => {}
                 Step::Reply(reply) => {
+                    publish_log_field(log_fields::AGGREGATE, reply.outcome());
                     let headers: Vec<(&str, &str)> =
                         reply.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
                     if let Err(status) =

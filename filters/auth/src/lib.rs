@@ -11,7 +11,10 @@ pub mod remote;
 
 use authenticate::{Decision, RequestFacts};
 use config::{AuthConfig, JwksSource, RemoteJwks};
-use gateway_common::host::{now_millis, plugin_configuration, BatchedCounter, HostSharedData, COUNTER_FLUSH_PERIOD};
+use gateway_common::host::{
+    now_millis, plugin_configuration, publish_log_field, BatchedCounter, HostSharedData, COUNTER_FLUSH_PERIOD,
+};
+use gateway_common::log_fields;
 use gateway_common::response::error_body;
 use gateway_common::shared::{ensure_exists, SharedStore};
 use keyring::KeyRing;
@@ -385,6 +388,7 @@ impl Worker {
         if let Some(counter) = self.results.get(result) {
             counter.add(1);
         }
+        publish_log_field(log_fields::AUTH, RESULTS.get(result).copied().unwrap_or_default());
         match decision {
             Decision::Allow(changes) => {
                 // Whatever the rule, a client never supplies the headers this filter vouches
@@ -399,6 +403,9 @@ impl Worker {
                 }
                 for (name, value) in &changes.set_headers {
                     set_header(name, Some(value));
+                    if *name == self.config.consumer_header {
+                        publish_log_field(log_fields::CONSUMER, value);
+                    }
                 }
                 if let Some(path) = &changes.new_path {
                     set_header(":path", Some(path));
@@ -406,6 +413,9 @@ impl Worker {
                 Action::Continue
             }
             Decision::Deny(denial) => {
+                // The request goes nowhere, but Envoy's trace and log still read its headers:
+                // a client's claimed consumer must not appear there either.
+                set_header(&self.config.consumer_header, None);
                 // The reason, never the credential.
                 log::debug!("auth: {} {}", denial.status, denial.message);
                 let mut headers = vec![("content-type", "application/json")];

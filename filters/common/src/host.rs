@@ -79,3 +79,12 @@ pub fn plugin_configuration() -> Result<Vec<u8>, String> {
         .map(Option::unwrap_or_default)
         .map_err(|status| format!("cannot read plugin configuration: {status:?}"))
 }
+
+/// Publishes `value` under `name` for Envoy's access log: Envoy keeps it as the filter state
+/// `wasm.<name>` of the request, which a log format prints with
+/// `%FILTER_STATE(wasm.<name>:PLAIN)%`. Nothing of it reaches an upstream. Use the names in
+/// [`crate::log_fields`].
+pub fn publish_log_field(name: &str, value: &str) {
+    // A value that cannot be published only leaves a log field empty.
+    let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
+}

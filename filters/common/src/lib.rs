@@ -7,6 +7,24 @@
 /// removing any client-supplied copy), read by metrics and ratelimit.
 pub const CONSUMER_HEADER: &str = "x-gateway-consumer";
 
+/// The names under which the filters publish their decisions for Envoy's access log (see
+/// [`host::publish_log_field`]); the shipped configs log each as `%FILTER_STATE(wasm.NAME:PLAIN)%`.
+pub mod log_fields {
+    /// The consumer the auth filter established (absent when none was).
+    pub const CONSUMER: &str = "gateway_consumer";
+    /// The auth filter's outcome: `allowed`, `unauthorized`, `invalid`, `forbidden`,
+    /// `no_rule` or `unavailable`.
+    pub const AUTH: &str = "gateway_auth";
+    /// The rate-limit rule that decided: the one that rejected the request, else the last that
+    /// applied.
+    pub const RATELIMIT_RULE: &str = "gateway_ratelimit_rule";
+    /// `allowed`, `rejected`, `shadow_rejected`, or `unavailable` (a failed bucket under
+    /// `fail_closed`); absent when no rule applied.
+    pub const RATELIMIT_DECISION: &str = "gateway_ratelimit_decision";
+    /// The aggregate filter's answer: `complete`, `partial` or `failed`.
+    pub const AGGREGATE: &str = "gateway_aggregate";
+}
+
 pub mod client_ip;
 pub mod config;
 pub mod duration;

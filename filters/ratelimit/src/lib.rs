@@ -8,7 +8,10 @@ pub mod limiter;
 pub mod table;
 
 use config::{FailurePolicy, RateLimitConfig};
-use gateway_common::host::{now_nanos, plugin_configuration, BatchedCounter, HostSharedData, COUNTER_FLUSH_PERIOD};
+use gateway_common::host::{
+    now_nanos, plugin_configuration, publish_log_field, BatchedCounter, HostSharedData, COUNTER_FLUSH_PERIOD,
+};
+use gateway_common::log_fields;
 use gateway_common::response::error_body;
 use limiter::{CheckResult, Decision, Failure, RequestFacts, Verdict};
 use proxy_wasm::hostcalls;
@@ -150,6 +153,7 @@ impl HttpContext for RateLimitHttp {
         };
         let decision = limiter::evaluate(&worker.config, &mut HostRequest, &HostSharedData, worker.seed, now);
         worker.count(&decision);
+        worker.publish(&decision);
         let headers = headers::rate_limit_headers(&worker.config, &decision.checks);
         match decision.verdict {
             Verdict::Allow => {
@@ -227,6 +231,26 @@ impl Worker {
         }
         if self.flush_each_request {
             self.flush_metrics();
+        }
+    }
+
+    /// The deciding rule and the decision, for the access log (nothing when no rule applied).
+    fn publish(&self, decision: &Decision) {
+        let (rule, outcome) = match &decision.verdict {
+            Verdict::Reject { rule, .. } => (*rule, "rejected"),
+            Verdict::Unavailable { rule } => (*rule, "unavailable"),
+            Verdict::Allow => {
+                let Some(last) = decision.checks.last() else { return };
+                let outcome = match last.result {
+                    CheckResult::ShadowRejected(_) => "shadow_rejected",
+                    _ => "allowed",
+                };
+                (last.rule, outcome)
+            }
+        };
+        if let Some(rule) = self.config.rules.get(rule) {
+            publish_log_field(log_fields::RATELIMIT_RULE, &rule.name);
+            publish_log_field(log_fields::RATELIMIT_DECISION, outcome);
         }
     }
 

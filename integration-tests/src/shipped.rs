@@ -1,0 +1,137 @@
+//! The shipped gateway (`envoy/demo.yaml`) as users run it, moved onto free ports: its API
+//! clusters find their instances in EDS files in a scratch directory (changed with the same
+//! `scripts/endpoints.sh` users run), and its access log is written there too.
+
+use crate::backend::Backend;
+use crate::demo;
+use crate::envoy::Envoy;
+use crate::paths;
+use crate::scratch::ScratchDir;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The API services that run as several instances (the identity provider runs as one).
+pub const API_SERVICES: [&str; 3] = ["users", "orders", "inventory"];
+
+/// Points every `<dir>/<module>.wasm` at the module built in this checkout.
+pub fn with_built_modules(yaml: &str) -> String {
+    yaml.lines()
+        .map(|line| match line.find("filename: ") {
+            Some(at) if line.contains(".wasm") => {
+                let path = line[at + "filename: ".len()..].trim_end_matches(['}', ' ']);
+                let module = path.rsplit('/').next().unwrap_or_default().trim_end_matches(".wasm");
+                line.replace(path, &paths::wasm_module(module).display().to_string())
+            }
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub struct ShippedGateway {
+    pub envoy: Envoy,
+    dir: ScratchDir,
+}
+
+impl ShippedGateway {
+    /// `envoy/demo.yaml` with Envoy's listener and admin on free ports, each API service's
+    /// instances at `instances` (service, ports), the identity provider at `idp_port`, and
+    /// `edit` applied to the YAML (for tests that must lower a limit).
+    pub fn start_with(
+        instances: &[(&str, Vec<u16>)],
+        idp_port: u16,
+        edit: impl Fn(String) -> String,
+    ) -> ShippedGateway {
+        let dir = ScratchDir::new("shipped");
+        let endpoints = dir.path().join("endpoints");
+        std::fs::create_dir_all(&endpoints).unwrap();
+        for service in API_SERVICES {
+            let shipped = std::fs::read_to_string(paths::repo_root().join(format!("envoy/endpoints/{service}.yaml")))
+                .unwrap_or_else(|e| panic!("envoy/endpoints/{service}.yaml: {e}"));
+            // Keep the shipped file's form; only the instances change.
+            let mut lines: Vec<String> =
+                shipped.lines().filter(|line| !line.contains("- endpoint:")).map(str::to_string).collect();
+            let ports =
+                instances.iter().find(|(name, _)| *name == service).map(|(_, ports)| ports.clone()).unwrap_or_default();
+            for port in ports {
+                lines.push(format!(
+                    "    - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}"
+                ));
+            }
+            std::fs::write(endpoints.join(format!("{service}.yaml")), lines.join("\n") + "\n").unwrap();
+        }
+        let mut yaml =
+            with_built_modules(&std::fs::read_to_string(paths::repo_root().join("envoy/demo.yaml")).unwrap());
+        yaml = yaml
+            .replace("port_value: 9901", "port_value: 0")
+            .replace("port_value: 10000", "port_value: 0")
+            .replace("port_value: 8084", &format!("port_value: {idp_port}"))
+            .replace(".run/endpoints", &endpoints.display().to_string())
+            .replace(".run/access.log", &dir.path().join("access.log").display().to_string());
+        let envoy = Envoy::start(&edit(yaml), 2);
+        ShippedGateway { envoy, dir }
+    }
+
+    pub fn start(instances: &[(&str, Vec<u16>)], idp_port: u16) -> ShippedGateway {
+        Self::start_with(instances, idp_port, |yaml| yaml)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.envoy.url())
+    }
+
+    /// Runs `scripts/endpoints.sh ARGS` against this gateway's endpoint files.
+    pub fn endpoints(&self, args: &[&str]) -> String {
+        let output = Command::new(paths::repo_root().join("scripts/endpoints.sh"))
+            .args(args)
+            .env("ENDPOINTS_DIR", self.dir.path().join("endpoints"))
+            .output()
+            .expect("run scripts/endpoints.sh");
+        assert!(output.status.success(), "endpoints.sh {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The access log's lines, each parsed as JSON.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.access_log_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+            .collect()
+    }
+
+    pub fn access_log_path(&self) -> PathBuf {
+        self.dir.path().join("access.log")
+    }
+}
+
+/// The demo services in this process: two instances of each API service and one identity
+/// provider, on free ports.
+pub struct DemoServices {
+    pub instances: Vec<(&'static str, Backend)>,
+    pub idp: Backend,
+}
+
+impl DemoServices {
+    pub fn start() -> DemoServices {
+        let start = |service: &str| Backend::start("127.0.0.1:0", demo::handler(service).unwrap()).unwrap();
+        let instances =
+            API_SERVICES.iter().flat_map(|service| [(*service, start(service)), (*service, start(service))]).collect();
+        DemoServices { instances, idp: start("idp") }
+    }
+
+    /// Each API service with the ports of its instances.
+    pub fn endpoints(&self) -> Vec<(&str, Vec<u16>)> {
+        API_SERVICES
+            .iter()
+            .map(|service| {
+                (*service, self.instances.iter().filter(|(name, _)| name == service).map(|(_, b)| b.port()).collect())
+            })
+            .collect()
+    }
+
+    /// The instances of one service.
+    pub fn of(&self, service: &str) -> Vec<&Backend> {
+        self.instances.iter().filter(|(name, _)| *name == service).map(|(_, backend)| backend).collect()
+    }
+}
