@@ -26,6 +26,8 @@ struct RawConfig {
     #[serde(default)]
     allow_cors_preflight: bool,
     #[serde(default)]
+    access_log_fields: bool,
+    #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
     api_keys: Option<RawApiKeys>,
     rules: Vec<RawRule>,
@@ -159,6 +161,9 @@ pub struct AuthConfig {
     pub consumer_header: String,
     pub realm: String,
     pub allow_cors_preflight: bool,
+    /// Publish the outcome and the consumer as filter state for Envoy's access log (two host
+    /// calls per request, so only when asked).
+    pub access_log_fields: bool,
     pub providers: Vec<Provider>,
     pub api_keys: Option<ApiKeys>,
     pub rules: Vec<Rule>,
@@ -314,6 +319,7 @@ impl AuthConfig {
             consumer_header,
             realm: raw.realm,
             allow_cors_preflight: raw.allow_cors_preflight,
+            access_log_fields: raw.access_log_fields,
             providers,
             api_keys,
             rules,

@@ -388,7 +388,9 @@ impl Worker {
         if let Some(counter) = self.results.get(result) {
             counter.add(1);
         }
-        publish_log_field(log_fields::AUTH, RESULTS.get(result).copied().unwrap_or_default());
+        if self.config.access_log_fields {
+            publish_log_field(log_fields::AUTH, RESULTS.get(result).copied().unwrap_or_default());
+        }
         match decision {
             Decision::Allow(changes) => {
                 // Whatever the rule, a client never supplies the headers this filter vouches
@@ -403,7 +405,7 @@ impl Worker {
                 }
                 for (name, value) in &changes.set_headers {
                     set_header(name, Some(value));
-                    if *name == self.config.consumer_header {
+                    if self.config.access_log_fields && *name == self.config.consumer_header {
                         publish_log_field(log_fields::CONSUMER, value);
                     }
                 }

@@ -8,7 +8,8 @@
 pub const CONSUMER_HEADER: &str = "x-gateway-consumer";
 
 /// The names under which the filters publish their decisions for Envoy's access log (see
-/// [`host::publish_log_field`]); the shipped configs log each as `%FILTER_STATE(wasm.NAME:PLAIN)%`.
+/// [`host::publish_log_field`]; auth and ratelimit only with `access_log_fields` on); the
+/// shipped configs log each as `%FILTER_STATE(wasm.NAME:PLAIN)%`.
 pub mod log_fields {
     /// The consumer the auth filter established (absent when none was).
     pub const CONSUMER: &str = "gateway_consumer";

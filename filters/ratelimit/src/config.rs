@@ -29,6 +29,8 @@ struct RawConfig {
     failure_policy: FailurePolicy,
     #[serde(default)]
     legacy_headers: bool,
+    #[serde(default)]
+    access_log_fields: bool,
     rules: Vec<RawRule>,
 }
 
@@ -105,6 +107,9 @@ pub struct RateLimitConfig {
     pub groups: u32,
     pub failure_policy: FailurePolicy,
     pub legacy_headers: bool,
+    /// Publish the deciding rule and the decision as filter state for Envoy's access log (two
+    /// host calls per request, so only when asked).
+    pub access_log_fields: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -223,6 +228,7 @@ fn compile(raw: RawConfig) -> Result<RateLimitConfig, ConfigError> {
         groups,
         failure_policy: raw.failure_policy,
         legacy_headers: raw.legacy_headers,
+        access_log_fields: raw.access_log_fields,
         rules,
     })
 }
@@ -379,6 +385,7 @@ mod tests {
         assert_eq!(config.groups, DEFAULT_CAPACITY / WAYS as u32);
         assert_eq!(config.failure_policy, FailurePolicy::FailOpen);
         assert!(!config.legacy_headers);
+        assert!(!config.access_log_fields);
         let rule = &config.rules[0];
         assert_eq!(rule.limit, Limit { requests: 10, period_seconds: 1, burst: 10 });
         assert_eq!(rule.matcher, Match::default());
@@ -393,6 +400,7 @@ mod tests {
             "capacity": 100,
             "failure_policy": "fail_closed",
             "legacy_headers": true,
+            "access_log_fields": true,
             "rules": [{
                 "name": "orders_Writes-1",
                 "match": {
@@ -413,6 +421,7 @@ mod tests {
         assert_eq!(config.groups, 13);
         assert_eq!(config.failure_policy, FailurePolicy::FailClosed);
         assert!(config.legacy_headers);
+        assert!(config.access_log_fields);
         let rule = &config.rules[0];
         assert_eq!(rule.matcher.request.methods, ["POST", "PUT"]);
         assert_eq!(rule.matcher.request.route.as_deref(), Some("orders"));

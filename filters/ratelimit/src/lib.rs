@@ -153,7 +153,9 @@ impl HttpContext for RateLimitHttp {
         };
         let decision = limiter::evaluate(&worker.config, &mut HostRequest, &HostSharedData, worker.seed, now);
         worker.count(&decision);
-        worker.publish(&decision);
+        if worker.config.access_log_fields {
+            worker.publish(&decision);
+        }
         let headers = headers::rate_limit_headers(&worker.config, &decision.checks);
         match decision.verdict {
             Verdict::Allow => {
