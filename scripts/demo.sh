@@ -38,7 +38,8 @@ target/release/demo-backends 127.0.0.1 8081 > .run/backends.log 2>&1 &
 pids+=($!)
 target/release/demo-backends 127.0.0.1 8091 users orders inventory > .run/backends-2.log 2>&1 &
 pids+=($!)
-"$envoy" --config-path envoy/demo.yaml --concurrency 2 --disable-hot-restart \
+# The access log is written each second (Envoy's default is every 10 s).
+"$envoy" --config-path envoy/demo.yaml --concurrency 2 --disable-hot-restart --file-flush-interval-msec 1000 \
   --log-level warning --component-log-level wasm:info > .run/envoy.log 2>&1 &
 pids+=($!)
 
