@@ -44,6 +44,8 @@ struct Worker {
     results: [BatchedCounter; 6],
     /// Requests paused until a key set fetch that may bring their key ends.
     held: Vec<Held>,
+    /// The root context ticks every `HELD_TICK_MILLIS` (while requests are held).
+    fast_tick: bool,
     logged_no_clock: Cell<bool>,
 }
 
@@ -204,6 +206,7 @@ impl RootContext for AuthRoot {
             remote,
             results,
             held: Vec::new(),
+            fast_tick: false,
             logged_no_clock: Cell::new(false),
         })));
         true
@@ -220,6 +223,10 @@ impl RootContext for AuthRoot {
         let installed = worker.sync(now);
         worker.start_due_fetches(now);
         worker.release_held(now, &installed);
+        if worker.fast_tick && worker.held.is_empty() {
+            worker.fast_tick = false;
+            set_tick_period(remote::TICK_MILLIS);
+        }
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -294,7 +301,10 @@ impl Worker {
             if !remote::fetch_due(source, now, state.fetched_at_ms, state.unknown_kid_seen, lease) {
                 continue;
             }
-            match remote::take_lease(&HostSharedData, source, now, state.unknown_kid_seen) {
+            // Only a set that lacks a token's kid makes it a kid fetch: the first fetch (no set
+            // yet) must not start the cooldown that a rotation right after it would then wait on.
+            let for_unknown_kid = state.unknown_kid_seen && state.fetched_at_ms.is_some();
+            match remote::take_lease(&HostSharedData, source, now, for_unknown_kid) {
                 Ok(true) => {
                     state.unknown_kid_seen = false;
                     state.pending_call = dispatch(&provider.name, source);
@@ -487,11 +497,22 @@ impl HttpContext for AuthHttp {
             if matches!(decision, Decision::Deny(_)) && !refetch.is_empty() {
                 if let Some(until_ms) = worker.hold_until(&refetch, now) {
                     worker.held.push(Held { context_id: self.context_id, providers: refetch, until_ms });
+                    if !worker.fast_tick {
+                        // From a stream, this sets its root context's tick.
+                        worker.fast_tick = true;
+                        set_tick_period(remote::HELD_TICK_MILLIS);
+                    }
                     return Action::Pause;
                 }
             }
         }
         worker.apply(decision)
+    }
+}
+
+fn set_tick_period(millis: u64) {
+    if let Err(status) = hostcalls::set_tick_period(Duration::from_millis(millis)) {
+        log::warn!("auth: cannot set the tick period to {millis} ms: {status:?}");
     }
 }
 

@@ -24,6 +24,9 @@ use gateway_common::shared::{update, SharedStore, Step, UpdateError};
 
 /// Ticks of the root contexts that run the fetches.
 pub const TICK_MILLIS: u64 = 500;
+/// While requests are held for a fetch, the root context ticks this often instead, so a due
+/// fetch starts at once and held requests are answered as soon as it ends.
+pub const HELD_TICK_MILLIS: u64 = 20;
 /// While a provider has no keys at all, fetches are retried this often.
 pub const RETRY_WITHOUT_KEYS_MILLIS: u64 = 1_000;
 
