@@ -286,18 +286,13 @@ impl Worker {
 
     fn start_due_fetches(&mut self, now: u64) {
         for index in 0..self.remote.len() {
+            if matches!(self.remote.get(index), Some(Some(state)) if state.pending_call.is_some()) {
+                continue;
+            }
+            let lease = self.lease(index).unwrap_or_default();
             let Some(provider) = self.config.providers.get(index) else { continue };
             let JwksSource::Remote(source) = &provider.jwks else { continue };
             let Some(Some(state)) = self.remote.get_mut(index) else { continue };
-            if state.pending_call.is_some() {
-                continue;
-            }
-            let lease = HostSharedData
-                .get(&remote::lease_key(source))
-                .ok()
-                .flatten()
-                .map(|stored| remote::Lease::decode(&stored.value))
-                .unwrap_or_default();
             if !remote::fetch_due(source, now, state.fetched_at_ms, state.unknown_kid_seen, lease) {
                 continue;
             }
@@ -362,9 +357,12 @@ impl Worker {
         if self.held.is_empty() {
             return;
         }
+        // Read each provider's lease once, however many requests wait on it.
+        let fetching: Vec<bool> =
+            (0..self.remote.len()).map(|index| self.lease(index).is_some_and(|lease| lease.is_held(now))).collect();
         for held in std::mem::take(&mut self.held) {
             let new_keys = held.providers.iter().any(|index| installed.contains(index));
-            let fetch_ended = held.providers.iter().all(|&index| self.lease(index).is_none_or(|l| !l.is_held(now)));
+            let fetch_ended = held.providers.iter().all(|&index| !fetching.get(index).copied().unwrap_or(false));
             if !(new_keys || fetch_ended || now >= held.until_ms) {
                 self.held.push(held);
                 continue;

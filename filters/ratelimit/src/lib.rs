@@ -210,26 +210,21 @@ impl RateLimitHttp {
 impl Worker {
     fn count(&self, decision: &Decision) {
         for check in &decision.checks {
-            if check.overflowed {
-                // Counted as `table_full` and as its decision in the overflow bucket.
-                self.log_failure_once(check.rule, Failure::TableFull, 0);
-                if let Some(counter) = self.counters.get(check.rule).and_then(|counters| counters.get(3)) {
+            let add = |slot: usize| {
+                if let Some(counter) = self.counters.get(check.rule).and_then(|counters| counters.get(slot)) {
                     counter.add(1);
                 }
+            };
+            if check.overflowed {
+                // Counted as `table_full` and as its decision in the overflow bucket.
+                add(self.failure_slot(check.rule, Failure::TableFull));
             }
-            let slot = match check.result {
+            add(match check.result {
                 CheckResult::Allowed(_) => 0,
                 CheckResult::Rejected(_) => 1,
                 CheckResult::ShadowRejected(_) => 2,
-                CheckResult::Failed(failure) => {
-                    let index = FAILURES.iter().position(|known| *known == failure).unwrap_or(0);
-                    self.log_failure_once(check.rule, failure, index);
-                    3 + index
-                }
-            };
-            if let Some(counter) = self.counters.get(check.rule).and_then(|counters| counters.get(slot)) {
-                counter.add(1);
-            }
+                CheckResult::Failed(failure) => self.failure_slot(check.rule, failure),
+            });
         }
         if self.flush_each_request {
             self.flush_metrics();
@@ -258,6 +253,13 @@ impl Worker {
 
     fn flush_metrics(&self) {
         self.counters.iter().flatten().for_each(BatchedCounter::flush);
+    }
+
+    /// The counter slot of `failure` (after the [`DECISIONS`]); logs it the first time.
+    fn failure_slot(&self, rule: usize, failure: Failure) -> usize {
+        let index = FAILURES.iter().position(|known| *known == failure).unwrap_or(0);
+        self.log_failure_once(rule, failure, index);
+        DECISIONS.len() + index
     }
 
     fn log_failure_once(&self, rule: usize, failure: Failure, index: usize) {
