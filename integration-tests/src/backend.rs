@@ -43,6 +43,8 @@ pub struct BackendResponse {
     pub delay: Duration,
     /// Close the connection (after the delay) without answering.
     pub reset: bool,
+    /// Further response headers (name, value).
+    pub headers: Vec<(String, String)>,
 }
 
 impl BackendResponse {
@@ -53,7 +55,13 @@ impl BackendResponse {
             body: value.to_string().into_bytes(),
             delay: Duration::ZERO,
             reset: false,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> BackendResponse {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 }
 
@@ -156,14 +164,20 @@ fn serve_connection(
             let _ = writer.shutdown(std::net::Shutdown::Both);
             return;
         }
-        let head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n{}\r\n",
-            response.status,
-            reason(response.status),
-            response.content_type,
-            response.body.len(),
-            if close { "connection: close\r\n" } else { "" }
+        let mut head = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
+        if response.status != 304 {
+            head += &format!("content-type: {}\r\n", response.content_type);
+        }
+        // Caches compute an answer's age from its date (RFC 9110 §6.6.1: an origin with a clock sends it).
+        head += &format!(
+            "date: {}\r\ncontent-length: {}\r\n",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+            response.body.len()
         );
+        for (name, value) in &response.headers {
+            head += &format!("{name}: {value}\r\n");
+        }
+        head += if close { "connection: close\r\n\r\n" } else { "\r\n" };
         let mut bytes = head.into_bytes();
         bytes.extend_from_slice(&response.body);
         if writer.write_all(&bytes).is_err() || close {
@@ -242,6 +256,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         204 => "No Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

@@ -93,12 +93,14 @@ impl Envoy {
         }
     }
 
-    /// Listener name and the port the kernel gave it, from admin `/listeners`.
+    /// Listener name and the port the kernel gave it, from admin `/listeners` (internal
+    /// listeners have no socket and are left out).
     fn read_listeners(&self) -> Result<Vec<(String, u16)>, String> {
         let body = client::get(&format!("http://{}/listeners?format=json", self.admin)).json();
         let listeners = body["listener_statuses"].as_array().cloned().unwrap_or_default();
         listeners
             .iter()
+            .filter(|listener| listener["local_address"].get("envoy_internal_address").is_none())
             .map(|listener| {
                 let name = listener["name"].as_str().unwrap_or_default().to_string();
                 let port = listener["local_address"]["socket_address"]["port_value"].as_u64();

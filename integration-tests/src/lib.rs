@@ -3,6 +3,7 @@
 //! the demo backends and the benchmark.
 
 pub mod backend;
+pub mod catalog;
 pub mod client;
 pub mod demo;
 pub mod envoy;

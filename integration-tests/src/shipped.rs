@@ -3,11 +3,12 @@
 //! `scripts/endpoints.sh` users run), and its access log is written there too.
 
 use crate::backend::Backend;
+use crate::catalog::Catalog;
 use crate::demo;
 use crate::envoy::Envoy;
 use crate::paths;
 use crate::scratch::ScratchDir;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The API services that run as several instances (the identity provider runs as one).
@@ -28,6 +29,34 @@ pub fn with_built_modules(yaml: &str) -> String {
         .join("\n")
 }
 
+/// Writes the catalog's descriptor set (what `make demo` puts in `.run/catalog.pb`) into `dir`.
+pub fn write_descriptor_set(dir: &Path) -> PathBuf {
+    let path = dir.join("catalog.pb");
+    std::fs::write(&path, demo_catalog::DESCRIPTOR_SET).unwrap();
+    path
+}
+
+/// Where the services that run as one instance listen.
+#[derive(Clone, Copy)]
+pub struct Singles {
+    pub idp: u16,
+    pub catalog: u16,
+}
+
+/// The demo's rate limits raised far above any test load (nothing else changes).
+pub fn without_rate_limits(yaml: String) -> String {
+    let unlimited = r#""limit": {"requests": 1000000, "per": "second"}"#;
+    let limits = [
+        r#""limit": {"requests": 3, "per": "minute"}"#,
+        r#""limit": {"requests": 60, "per": "minute", "burst": 20}"#,
+        r#""limit": {"requests": 1000, "per": "hour", "burst": 50}"#,
+    ];
+    limits.iter().fold(yaml, |yaml, limit| {
+        assert!(yaml.contains(limit), "the demo's limit {limit} changed; update this test");
+        yaml.replace(limit, unlimited)
+    })
+}
+
 pub struct ShippedGateway {
     pub envoy: Envoy,
     dir: ScratchDir,
@@ -35,11 +64,12 @@ pub struct ShippedGateway {
 
 impl ShippedGateway {
     /// `envoy/demo.yaml` with Envoy's listener and admin on free ports, each API service's
-    /// instances at `instances` (service, ports), the identity provider at `idp_port`, and
-    /// `edit` applied to the YAML (for tests that must lower a limit).
+    /// instances at `instances` (service, ports), the identity provider and the catalog at
+    /// `singles`, the cache and the descriptor set in a scratch directory, and `edit` applied to
+    /// the YAML (for tests that must lower a limit).
     pub fn start_with(
         instances: &[(&str, Vec<u16>)],
-        idp_port: u16,
+        singles: Singles,
         edit: impl Fn(String) -> String,
     ) -> ShippedGateway {
         let dir = ScratchDir::new("shipped");
@@ -60,20 +90,26 @@ impl ShippedGateway {
             }
             std::fs::write(endpoints.join(format!("{service}.yaml")), lines.join("\n") + "\n").unwrap();
         }
+        // Envoy's file-system cache needs its directory to exist.
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
         let mut yaml =
             with_built_modules(&std::fs::read_to_string(paths::repo_root().join("envoy/demo.yaml")).unwrap());
         yaml = yaml
             .replace("port_value: 9901", "port_value: 0")
             .replace("port_value: 10000", "port_value: 0")
-            .replace("port_value: 8084", &format!("port_value: {idp_port}"))
+            .replace("port_value: 8084", &format!("port_value: {}", singles.idp))
+            .replace("port_value: 8085", &format!("port_value: {}", singles.catalog))
+            .replace(".run/catalog.pb", &write_descriptor_set(dir.path()).display().to_string())
+            .replace(".run/cache", &cache.display().to_string())
             .replace(".run/endpoints", &endpoints.display().to_string())
             .replace(".run/access.log", &dir.path().join("access.log").display().to_string());
         let envoy = Envoy::start(&edit(yaml), 2);
         ShippedGateway { envoy, dir }
     }
 
-    pub fn start(instances: &[(&str, Vec<u16>)], idp_port: u16) -> ShippedGateway {
-        Self::start_with(instances, idp_port, |yaml| yaml)
+    pub fn start(instances: &[(&str, Vec<u16>)], singles: Singles) -> ShippedGateway {
+        Self::start_with(instances, singles, |yaml| yaml)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -100,16 +136,30 @@ impl ShippedGateway {
             .collect()
     }
 
+    /// The access log line of the request `request_id`, once Envoy has written it.
+    pub fn access_log_line(&self, request_id: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let line = self.access_log().into_iter().find(|line| line["request_id"].as_str() == Some(request_id));
+            if let Some(line) = line {
+                return line;
+            }
+            assert!(std::time::Instant::now() < deadline, "no access log line for {request_id}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     pub fn access_log_path(&self) -> PathBuf {
         self.dir.path().join("access.log")
     }
 }
 
-/// The demo services in this process: two instances of each API service and one identity
-/// provider, on free ports.
+/// The demo services in this process: two instances of each API service, one identity
+/// provider and one catalog gRPC service, on free ports.
 pub struct DemoServices {
     pub instances: Vec<(&'static str, Backend)>,
     pub idp: Backend,
+    pub catalog: Catalog,
 }
 
 impl DemoServices {
@@ -117,7 +167,11 @@ impl DemoServices {
         let start = |service: &str| Backend::start("127.0.0.1:0", demo::handler(service).unwrap()).unwrap();
         let instances =
             API_SERVICES.iter().flat_map(|service| [(*service, start(service)), (*service, start(service))]).collect();
-        DemoServices { instances, idp: start("idp") }
+        DemoServices { instances, idp: start("idp"), catalog: Catalog::start() }
+    }
+
+    pub fn singles(&self) -> Singles {
+        Singles { idp: self.idp.port(), catalog: self.catalog.port() }
     }
 
     /// Each API service with the ports of its instances.

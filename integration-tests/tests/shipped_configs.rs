@@ -7,7 +7,7 @@ use integration_tests::envoy;
 use integration_tests::gateway::{stats_tag_regex, GATEWAY_LABELS};
 use integration_tests::paths;
 use integration_tests::scratch::ScratchDir;
-use integration_tests::shipped::{with_built_modules, DemoServices, ShippedGateway};
+use integration_tests::shipped::{self, with_built_modules, DemoServices, ShippedGateway};
 
 fn shipped_configs() -> Vec<std::path::PathBuf> {
     let mut configs: Vec<_> = std::fs::read_dir(paths::repo_root().join("envoy"))
@@ -30,7 +30,9 @@ fn every_shipped_config_passes_envoy_validate() {
         let endpoints = paths::repo_root().join("envoy/endpoints");
         let yaml = with_built_modules(&yaml)
             .replace(".run/endpoints", &endpoints.display().to_string())
-            .replace(".run/access.log", &scratch.path().join("access.log").display().to_string());
+            .replace(".run/access.log", &scratch.path().join("access.log").display().to_string())
+            .replace("/etc/envoy/wasm/catalog.pb", ".run/catalog.pb")
+            .replace(".run/catalog.pb", &shipped::write_descriptor_set(scratch.path()).display().to_string());
         std::fs::write(&rendered, yaml).unwrap();
         if let Err(output) = envoy::validate(&rendered) {
             panic!("{} does not validate:\n{output}", config.display());
@@ -50,8 +52,8 @@ fn shipped_stats_tags_match_the_filters_labels() {
 }
 
 /// compose.yaml is demo.yaml with only what docker-compose needs changed: listen on all
-/// interfaces, modules in the image's path, services found by DNS instead of EDS files, the
-/// access log on stdout.
+/// interfaces, modules and the descriptor set in the image's path, services found by DNS
+/// instead of EDS files or fixed addresses, the cache in a tmpfs, the access log on stdout.
 #[test]
 fn compose_config_is_the_demo_gateway() {
     let root = paths::repo_root();
@@ -80,6 +82,9 @@ fn compose_config_is_the_demo_gateway() {
     };
     let normalized = without_discovery(&without_header(&compose))
         .replace("address: 0.0.0.0", "address: 127.0.0.1")
+        .replace("/etc/envoy/wasm/catalog.pb", ".run/catalog.pb")
+        .replace("cache_path: /var/cache/envoy", "cache_path: .run/cache")
+        .replace("address: catalog,", "address: 127.0.0.1,")
         .replace("/etc/envoy/wasm/", "target/wasm32-wasip1/release/")
         .replace("path: /dev/stdout", "path: .run/access.log")
         .replace("address: idp,", "address: 127.0.0.1,")
@@ -92,7 +97,7 @@ fn compose_config_is_the_demo_gateway() {
 #[test]
 fn demo_config_serves_the_demo_backends() {
     let services = DemoServices::start();
-    let gateway = ShippedGateway::start(&services.endpoints(), services.idp.port());
+    let gateway = ShippedGateway::start(&services.endpoints(), services.singles());
     let envoy = &gateway.envoy;
     let url = |path: &str| format!("{}{path}", envoy.url());
     // A token from the demo identity provider, through the gateway, with one curl.
@@ -169,7 +174,7 @@ fn demo_config_serves_the_demo_backends() {
 #[test]
 fn demo_config_gives_each_path_one_meaning_and_refuses_underscored_headers() {
     let services = DemoServices::start();
-    let gateway = ShippedGateway::start(&services.endpoints(), services.idp.port());
+    let gateway = ShippedGateway::start(&services.endpoints(), services.singles());
     let envoy = &gateway.envoy;
     let hits = |service: &str| services.of(service).iter().map(|backend| backend.hits()).sum::<u64>();
     let send = |method: &str, path: &str, headers: &[(&str, &str)]| {

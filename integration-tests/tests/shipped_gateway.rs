@@ -9,27 +9,13 @@
 use integration_tests::backend::{Backend, BackendRequest, BackendResponse};
 use integration_tests::client;
 use integration_tests::demo;
-use integration_tests::shipped::{DemoServices, ShippedGateway, API_SERVICES};
+use integration_tests::shipped::{without_rate_limits, DemoServices, ShippedGateway, Singles, API_SERVICES};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The demo's rate limits raised far above any test load (nothing else changes).
-fn without_rate_limits(yaml: String) -> String {
-    let unlimited = r#""limit": {"requests": 1000000, "per": "second"}"#;
-    let limits = [
-        r#""limit": {"requests": 3, "per": "minute"}"#,
-        r#""limit": {"requests": 60, "per": "minute", "burst": 20}"#,
-        r#""limit": {"requests": 1000, "per": "hour", "burst": 50}"#,
-    ];
-    limits.iter().fold(yaml, |yaml, limit| {
-        assert!(yaml.contains(limit), "the demo's limit {limit} changed; update this test");
-        yaml.replace(limit, unlimited)
-    })
-}
 
 /// Sends `GET url` at a fixed rate from a few threads until `stop` is set or `total`
 /// requests were sent; returns each answer's send time and status (0: no answer).
@@ -117,7 +103,7 @@ impl Drop for Instance {
 #[test]
 fn an_instance_added_through_eds_gets_traffic_and_removing_one_costs_no_error() {
     let services = DemoServices::start();
-    let gateway = ShippedGateway::start_with(&services.endpoints(), services.idp.port(), without_rate_limits);
+    let gateway = ShippedGateway::start_with(&services.endpoints(), services.singles(), without_rate_limits);
     let third = Backend::start("127.0.0.1:0", demo::handler("users").unwrap()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let load = steady_load(gateway.url("/users/1"), 200, 10_000, stop.clone());
@@ -154,7 +140,7 @@ fn killing_an_instance_under_load_costs_almost_no_errors_and_it_comes_back() {
     let mut endpoints = services.endpoints();
     endpoints.retain(|(service, _)| *service != "users");
     endpoints.push(("users", ports.to_vec()));
-    let gateway = ShippedGateway::start_with(&endpoints, services.idp.port(), without_rate_limits);
+    let gateway = ShippedGateway::start_with(&endpoints, services.singles(), without_rate_limits);
     let total: u64 = std::env::var("KILL_TEST_REQUESTS").ok().and_then(|n| n.parse().ok()).unwrap_or(3_000);
     let load = steady_load(gateway.url("/users/1"), 300, total, Arc::new(AtomicBool::new(false)));
     std::thread::sleep(Duration::from_secs(3));
@@ -253,7 +239,7 @@ fn a_flaky_instance_gets_gets_retried_and_posts_never() {
     let mut endpoints = services.endpoints();
     endpoints.retain(|(service, _)| *service != "orders");
     endpoints.push(("orders", vec![flaky.port(), healthy.port()]));
-    let gateway = ShippedGateway::start_with(&endpoints, services.idp.port(), without_rate_limits);
+    let gateway = ShippedGateway::start_with(&endpoints, services.singles(), without_rate_limits);
 
     let gets: Vec<u16> = (0..60).map(|_| client::get(&gateway.url("/orders?user_id=1")).status).collect();
     assert_eq!(gets, [200; 60], "every GET succeeds: a 503 is retried on the other instance");
@@ -295,7 +281,7 @@ fn a_slow_service_under_a_spike_is_cut_off_at_once_and_other_routes_stay_fast() 
     let mut endpoints = services.endpoints();
     endpoints.retain(|(service, _)| *service != "inventory");
     endpoints.push(("inventory", vec![slow_a.port(), slow_b.port()]));
-    let gateway = ShippedGateway::start_with(&endpoints, services.idp.port(), without_rate_limits);
+    let gateway = ShippedGateway::start_with(&endpoints, services.singles(), without_rate_limits);
 
     let spike: Vec<_> = (0..200)
         .map(|_| {
@@ -357,7 +343,7 @@ fn slow_and_flooding_clients_are_cut_off_while_others_are_served() {
         without_rate_limits(yaml.replace(shipped, "max_active_downstream_connections: 250"))
     };
     let services = DemoServices::start();
-    let gateway = ShippedGateway::start_with(&services.endpoints(), services.idp.port(), with_low_limit);
+    let gateway = ShippedGateway::start_with(&services.endpoints(), services.singles(), with_low_limit);
     let address = gateway.envoy.url().trim_start_matches("http://").to_string();
 
     // 200 slowloris clients: request headers started, never finished.
@@ -415,7 +401,7 @@ fn slow_and_flooding_clients_are_cut_off_while_others_are_served() {
 #[test]
 fn every_api_service_runs_as_two_instances_behind_health_checks() {
     let services = DemoServices::start();
-    let gateway = ShippedGateway::start_with(&services.endpoints(), services.idp.port(), without_rate_limits);
+    let gateway = ShippedGateway::start_with(&services.endpoints(), services.singles(), without_rate_limits);
     // Every instance passes its health check within seconds of Envoy's start.
     let started = Instant::now();
     while !API_SERVICES.iter().all(|service| gateway.envoy.stat(&format!("cluster.{service}.membership_healthy")) == 2)
@@ -448,21 +434,10 @@ fn text(value: &serde_json::Value) -> String {
 
 /// Polls the access log until it has a line for `request_id` (the file logger flushes each
 /// second).
-fn log_line(gateway: &ShippedGateway, request_id: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(line) = gateway.access_log().into_iter().find(|line| text(&line["request_id"]) == request_id) {
-            return line;
-        }
-        assert!(Instant::now() < deadline, "no access log line for {request_id}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn the_access_log_says_what_happened_and_what_the_filters_decided_without_secrets() {
     let services = DemoServices::start();
-    let gateway = ShippedGateway::start(&services.endpoints(), services.idp.port());
+    let gateway = ShippedGateway::start(&services.endpoints(), services.singles());
     let token = client::get(&gateway.url("/token?sub=ada&scope=orders:read%20orders:write&format=raw")).text();
     let bearer = format!("Bearer {token}");
     let secrets = [token.as_str(), "wrong-key-secret", "demo-key-ci-bot", "cookie-secret", "query-secret"];
@@ -475,7 +450,7 @@ fn the_access_log_says_what_happened_and_what_the_filters_decided_without_secret
     );
     assert_eq!(allowed.status, 200, "{}", allowed.text());
     assert_ne!(id(&allowed), "client-chosen", "the edge makes its own request id");
-    let line = log_line(&gateway, &id(&allowed));
+    let line = gateway.access_log_line(&id(&allowed));
     let field = |name: &str| text(&line[name]);
     assert_eq!((field("method"), field("path"), field("route")), ("GET".into(), "/users/1".into(), "users".into()));
     assert_eq!((field("status"), field("upstream_cluster")), ("200".into(), "users".into()));
@@ -490,7 +465,7 @@ fn the_access_log_says_what_happened_and_what_the_filters_decided_without_secret
     let unauthorized =
         client::request("GET", &gateway.url("/api/users/1/dashboard"), &[("x-api-key", "wrong-key-secret")]);
     assert_eq!(unauthorized.status, 401);
-    let line = log_line(&gateway, &id(&unauthorized));
+    let line = gateway.access_log_line(&id(&unauthorized));
     assert_eq!(
         (text(&line["auth"]), text(&line["consumer"]), text(&line["route"])),
         ("invalid".into(), String::new(), "composed".into())
@@ -503,7 +478,7 @@ fn the_access_log_says_what_happened_and_what_the_filters_decided_without_secret
     }
     let limited = post();
     assert_eq!(limited.status, 429);
-    let line = log_line(&gateway, &id(&limited));
+    let line = gateway.access_log_line(&id(&limited));
     assert_eq!(
         (text(&line["ratelimit_rule"]), text(&line["ratelimit_decision"])),
         ("orders-writes".into(), "rejected".into())
@@ -516,7 +491,7 @@ fn the_access_log_says_what_happened_and_what_the_filters_decided_without_secret
     let aggregated =
         client::request("GET", &gateway.url("/api/users/1/dashboard"), &[("x-api-key", "demo-key-ci-bot")]);
     assert_eq!(aggregated.status, 200);
-    let line = log_line(&gateway, &id(&aggregated));
+    let line = gateway.access_log_line(&id(&aggregated));
     assert_eq!(
         (text(&line["aggregate"]), text(&line["consumer"]), text(&line["route"])),
         ("complete".into(), "ci-bot".into(), "composed".into())
@@ -524,7 +499,7 @@ fn the_access_log_says_what_happened_and_what_the_filters_decided_without_secret
 
     let not_found = client::get(&gateway.url("/nothing?x=query-secret"));
     assert_eq!(not_found.status, 404);
-    let line = log_line(&gateway, &id(&not_found));
+    let line = gateway.access_log_line(&id(&not_found));
     assert_eq!(
         (text(&line["route"]), text(&line["upstream_cluster"]), text(&line["path"])),
         (String::new(), String::new(), "/nothing".into())
@@ -632,9 +607,10 @@ fn requests_are_traced_and_an_aggregated_requests_calls_carry_its_trace() {
     let endpoints: Vec<(&str, Vec<u16>)> =
         instances.iter().map(|(service, backend)| (*service, vec![backend.port()])).collect();
     let collector_port = receiver.backend.port();
-    let gateway = ShippedGateway::start_with(&endpoints, idp.port(), move |yaml| {
-        yaml.replace("port_value: 4318", &format!("port_value: {collector_port}"))
-    });
+    let gateway =
+        ShippedGateway::start_with(&endpoints, Singles { idp: idp.port(), catalog: free_port() }, move |yaml| {
+            yaml.replace("port_value: 4318", &format!("port_value: {collector_port}"))
+        });
 
     // A plain request continues the client's trace; its span is named after the route.
     let plain_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
