@@ -18,6 +18,7 @@ use integration_tests::envoy::Envoy;
 use integration_tests::gateway::Gateway;
 use integration_tests::load::{cpu_ns, rss_mib, Wrk, WrkRun};
 use integration_tests::paths;
+use integration_tests::scratch::ScratchDir;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::sync::Arc;
@@ -86,6 +87,21 @@ fn native_local_ratelimit() -> Value {
         "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
         "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "bench_enabled"},
         "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "bench_enforced"}
+    })
+}
+
+/// Envoy's HTTP cache with the file-system store in `dir`, bounded as in the shipped gateway.
+fn file_cache(dir: &std::path::Path) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.http.cache.file_system_http_cache.v3.FileSystemHttpCacheConfig",
+            "manager_config": {"thread_pool": {"thread_count": 1}},
+            "cache_path": dir.display().to_string(),
+            "max_cache_size_bytes": 67108864,
+            "max_cache_entry_count": 10000,
+            "max_individual_cache_entry_size_bytes": 1048576
+        }
     })
 }
 
@@ -204,6 +220,32 @@ fn main() {
         )
     });
 
+    // Caching: the same cacheable GET proxied every time, and served from Envoy's cache (the
+    // file-system store the shipped gateway uses).
+    let cacheable = Backend::start(
+        "127.0.0.1:0",
+        Arc::new(|_: &BackendRequest| {
+            BackendResponse::json(200, &json!({"sku": "kbd-01", "name": "Keyboard", "in_stock": 14}))
+                .with_header("cache-control", "max-age=3600")
+        }),
+    )
+    .unwrap_or_else(|e| panic!("cannot start a backend: {e}"));
+    let cache_dir = ScratchDir::new("bench-cache");
+    let cacheable_route =
+        || Gateway::new().cluster("inventory", &[cacheable.port()]).route("inventory", "/", "inventory");
+    variants.push(Variant {
+        path: "/inventory/kbd-01",
+        ..start("proxied", "a cacheable GET, proxied every time", cacheable_route())
+    });
+    variants.push(Variant {
+        path: "/inventory/kbd-01",
+        ..start(
+            "cached",
+            "+ Envoy's cache: the same GET from its file store",
+            cacheable_route().native_filter("envoy.filters.http.cache", file_cache(cache_dir.path())),
+        )
+    });
+
     println!(
         "bench: {} rounds x {} s per variant, wrk -t1 -c{}, Envoy --concurrency 1",
         settings.rounds, settings.seconds, settings.connections
@@ -282,8 +324,9 @@ fn report(variants: &[Variant], settings: &Settings) {
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
-    let (aggregation, filters): (Vec<&Variant>, Vec<&Variant>) =
-        variants.iter().partition(|variant| ["slowest", "aggregate"].contains(&variant.name));
+    // The aggregation and cache comparisons have their own tables.
+    let (others, filters): (Vec<&Variant>, Vec<&Variant>) =
+        variants.iter().partition(|variant| ["slowest", "aggregate", "proxied", "cached"].contains(&variant.name));
     for variant in filters {
         let m = |f: fn(&Round) -> f64| median(variant.rounds.iter().map(f));
         let variant_added = added(variant);
@@ -318,7 +361,32 @@ fn report(variants: &[Variant], settings: &Settings) {
             println!("target: {variant} adds at most {target}x what the empty filter adds: {ratio:.2}x ({verdict})");
         }
     }
-    report_aggregation(&aggregation, settings);
+    report_cache(&others, settings);
+    report_aggregation(&others, settings);
+}
+
+/// A cached GET against the same GET proxied: Envoy CPU per request and latency, side by side.
+fn report_cache(variants: &[&Variant], settings: &Settings) {
+    let find = |name| variants.iter().find(|variant| variant.name == name);
+    let (Some(proxied), Some(cached)) = (find("proxied"), find("cached")) else { return };
+    println!();
+    println!("| cache | req/s | Envoy CPU µs/req | p50 ms | p99 ms | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for variant in [proxied, cached] {
+        let m = |f: fn(&Round) -> f64| median(variant.rounds.iter().map(f));
+        println!(
+            "| {} ({}) | {:.0} | {:.1} | {:.3} | {:.3} | {} |",
+            variant.name,
+            variant.description,
+            m(|r| r.requests) / settings.seconds as f64,
+            m(|r| r.cpu_us_per_request),
+            m(|r| r.p50_ms),
+            m(|r| r.p99_ms),
+            variant.rounds.iter().map(|r| r.errors).sum::<u64>()
+        );
+    }
+    let cpu = |variant: &Variant| median(variant.rounds.iter().map(|r| r.cpu_us_per_request));
+    println!("cache: a cached GET costs Envoy {:.2}x the CPU of the same GET proxied", cpu(cached) / cpu(proxied));
 }
 
 /// The aggregated endpoint against its slowest backend alone: latency (the target) and CPU.
