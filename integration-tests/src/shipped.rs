@@ -136,6 +136,19 @@ impl ShippedGateway {
             .collect()
     }
 
+    /// `Bearer <token>` from the demo identity provider for `sub`, once the gateway has fetched
+    /// its key set (the first fetch happens on a tick after start).
+    pub fn bearer(&self, sub: &str) -> String {
+        let token = crate::client::get(&self.url(&format!("/token?sub={sub}&format=raw"))).text();
+        let bearer = format!("Bearer {token}");
+        let started = std::time::Instant::now();
+        while crate::client::request("GET", &self.url("/users/1"), &[("authorization", &bearer)]).status == 401 {
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "the gateway never got the key set");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bearer
+    }
+
     /// The access log line of the request `request_id`, once Envoy has written it.
     pub fn access_log_line(&self, request_id: &str) -> serde_json::Value {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -59,18 +59,6 @@ impl CacheSetup {
     fn get(&self, path: &str, headers: &[(&str, &str)]) -> client::Response {
         client::request("GET", &self.gateway.url(path), headers)
     }
-
-    /// A token of the demo identity provider for `sub`, once the gateway has its key set.
-    fn bearer(&self, sub: &str) -> String {
-        let token = client::get(&self.gateway.url(&format!("/token?sub={sub}&format=raw"))).text();
-        let bearer = format!("Bearer {token}");
-        let started = Instant::now();
-        while self.get("/users/1", &[("authorization", &bearer)]).status == 401 {
-            assert!(started.elapsed() < Duration::from_secs(5), "the gateway never got the key set");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bearer
-    }
 }
 
 #[test]
@@ -149,7 +137,7 @@ fn no_client_gets_an_answer_meant_for_another() {
     assert_ne!(one, other, "a session cookie was handed to a second client");
 
     // POST answers are never reused, whoever sends them.
-    let (ada, grace) = (setup.bearer("ada"), setup.bearer("grace"));
+    let (ada, grace) = (setup.gateway.bearer("ada"), setup.gateway.bearer("grace"));
     let post = |bearer: &str| {
         let path = "/inventory/kbd-01/reservations";
         client::request("POST", &setup.gateway.url(path), &[("authorization", bearer)]).json()["reserved_for"].clone()

@@ -16,17 +16,6 @@ fn start() -> (DemoServices, ShippedGateway) {
     (services, gateway)
 }
 
-/// A token of the demo identity provider for `sub`, once the gateway has its key set.
-fn bearer(gateway: &ShippedGateway, sub: &str) -> String {
-    let bearer = format!("Bearer {}", client::get(&gateway.url(&format!("/token?sub={sub}&format=raw"))).text());
-    let started = Instant::now();
-    while client::request("GET", &gateway.url("/users/1"), &[("authorization", &bearer)]).status == 401 {
-        assert!(started.elapsed() < Duration::from_secs(5), "the gateway never got the key set");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bearer
-}
-
 fn post_json(gateway: &ShippedGateway, path: &str, headers: &[(&str, &str)], body: &str) -> client::Response {
     let mut headers = headers.to_vec();
     headers.push(("content-type", "application/json"));
@@ -47,7 +36,7 @@ fn json_requests_are_transcoded_to_the_grpc_service_and_back() {
     assert_eq!(cheap["products"].as_array().map(Vec::len), Some(2), "{cheap}");
 
     // Creating needs a token (the auth filter's rule for POST /catalog/); the product is then there.
-    let ada = bearer(&gateway, "ada");
+    let ada = gateway.bearer("ada");
     let webcam = r#"{"sku": "cam-04", "name": "Webcam", "price_cents": 4900}"#;
     assert_eq!(post_json(&gateway, "/catalog/products", &[], webcam).status, 401);
     let created = post_json(&gateway, "/catalog/products", &[("authorization", &ada)], webcam);
@@ -89,7 +78,7 @@ fn json_requests_are_transcoded_to_the_grpc_service_and_back() {
 #[test]
 fn grpc_clients_call_the_same_service_through_envoy() {
     let (_services, gateway) = start();
-    let ada = bearer(&gateway, "ada");
+    let ada = gateway.bearer("ada");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let call = |sku: &str, authorization: Option<&str>| {
         runtime.block_on(async {
