@@ -3,17 +3,16 @@
 //!   import included (the binary embeds it and writes it out with `--descriptor-set PATH`);
 //! - the tonic server and client code for `catalog.v1`.
 //!
-//! `google/api/annotations.proto` and `http.proto` come from the `envoy-types` crate, which ships
-//! googleapis' sources; `GOOGLEAPIS_PROTO_DIR` points elsewhere instead.
+//! `google/api/annotations.proto` and `http.proto` come from the published googleapis sources
+//! that the `envoy-types` crate ships (see the `proto-sources` crate).
 
 use std::error::Error;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn Error>> {
     let proto_dir = PathBuf::from("proto");
-    let googleapis = googleapis_dir()?;
+    let googleapis = proto_sources::proto_root()?.join("googleapis");
     println!("cargo:rerun-if-changed=proto");
-    println!("cargo:rerun-if-env-changed=GOOGLEAPIS_PROTO_DIR");
 
     let mut compiler = protox::Compiler::new([proto_dir, googleapis])?;
     compiler.include_imports(true).include_source_info(false);
@@ -26,33 +25,4 @@ fn main() -> Result<(), Box<dyn Error>> {
     own.file.retain(|file| file.package() == "catalog.v1");
     tonic_prost_build::configure().compile_fds(own)?;
     Ok(())
-}
-
-/// The directory holding `google/api/annotations.proto`.
-fn googleapis_dir() -> Result<PathBuf, Box<dyn Error>> {
-    if let Ok(dir) = std::env::var("GOOGLEAPIS_PROTO_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let cargo = std::env::var("CARGO")?;
-    let output = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked"])
-        .current_dir(std::env::var("CARGO_MANIFEST_DIR")?)
-        .output()?;
-    if !output.status.success() {
-        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr)).into());
-    }
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let manifest = metadata
-        .get("packages")
-        .and_then(|packages| packages.as_array())
-        .and_then(|packages| {
-            packages.iter().find(|package| package.get("name").is_some_and(|name| name == "envoy-types"))
-        })
-        .and_then(|package| package.get("manifest_path")?.as_str())
-        .ok_or("envoy-types is not in `cargo metadata`; set GOOGLEAPIS_PROTO_DIR")?;
-    let dir = PathBuf::from(manifest).with_file_name("proto").join("googleapis");
-    if !dir.join("google/api/annotations.proto").is_file() {
-        return Err(format!("{} has no google/api/annotations.proto; set GOOGLEAPIS_PROTO_DIR", dir.display()).into());
-    }
-    Ok(dir)
 }
