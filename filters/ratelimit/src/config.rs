@@ -9,6 +9,7 @@ use gateway_common::path_match::RawPathMatch;
 use gateway_common::request_match::RequestMatch;
 use gateway_common::CONSUMER_HEADER;
 use serde::Deserialize;
+use std::time::Duration;
 
 pub const DEFAULT_CAPACITY: u32 = 65_536;
 /// 16 Mi buckets: about 600 MiB of shared data when full, far past any sensible table.
@@ -31,7 +32,21 @@ struct RawConfig {
     legacy_headers: bool,
     #[serde(default)]
     access_log_fields: bool,
+    rate_limit_service: Option<RawService>,
     rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    cluster: String,
+    domain: String,
+    #[serde(default = "default_service_timeout")]
+    timeout: String,
+}
+
+fn default_service_timeout() -> String {
+    "20ms".to_string()
 }
 
 #[derive(Deserialize)]
@@ -42,7 +57,10 @@ struct RawRule {
     matcher: RawMatch,
     /// Parsed by hand ([`compile_key_part`]): a part is a name or a one-field object.
     key: Vec<serde_json::Value>,
-    limit: RawLimit,
+    limit: Option<RawLimit>,
+    #[serde(default)]
+    global: bool,
+    failure_policy: Option<FailurePolicy>,
     #[serde(default)]
     shadow: bool,
     #[serde(default = "default_true")]
@@ -88,8 +106,9 @@ fn default_true() -> bool {
     true
 }
 
-/// What happens to a request whose bucket cannot be read or written (shared data failed,
-/// every compare-and-swap attempt lost, or the bucket's table group is full).
+/// What happens to a request whose limit cannot be checked: for a local rule, shared data
+/// failed or every compare-and-swap attempt lost; for a global rule, the rate limit service
+/// timed out, failed or answered something undecodable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
@@ -98,6 +117,18 @@ pub enum FailurePolicy {
     FailOpen,
     /// Answer 503 with `Retry-After: 1`.
     FailClosed,
+}
+
+/// Where global rules are decided: a service speaking Envoy's rate limit protocol
+/// (`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`), reached through an Envoy
+/// cluster (HTTP/2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitService {
+    pub cluster: String,
+    /// The domain every request names; the service's limits are per domain.
+    pub domain: String,
+    /// How long a request waits for the answer before the rules' failure policy applies.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,6 +141,7 @@ pub struct RateLimitConfig {
     /// Publish the deciding rule and the decision as filter state for Envoy's access log (two
     /// host calls per request, so only when asked).
     pub access_log_fields: bool,
+    pub rate_limit_service: Option<RateLimitService>,
     pub rules: Vec<Rule>,
 }
 
@@ -119,11 +151,24 @@ pub struct Rule {
     pub name: String,
     pub matcher: Match,
     pub key: Vec<KeyPart>,
-    pub limit: Limit,
+    pub scope: Scope,
+    /// The rule's own `failure_policy`, else the filter's.
+    pub failure_policy: FailurePolicy,
     pub shadow: bool,
     pub headers: bool,
-    /// Its `RateLimit-Policy` item.
-    pub policy_item: String,
+}
+
+/// Where a rule's requests are counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// In this Envoy's shared data, with the rule's own limit.
+    Local {
+        limit: Limit,
+        /// Its `RateLimit-Policy` item.
+        policy_item: String,
+    },
+    /// By the rate limit service, which holds the limit: one count for every Envoy that asks.
+    Global,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -185,6 +230,14 @@ impl Default for ClientIpMask {
 }
 
 impl ClientIpMask {
+    /// `ip`'s masked network as Envoy's `masked_remote_address` descriptor writes it:
+    /// `198.51.100.0/24`, `2001:db8::/64`.
+    pub fn network(&self, ip: std::net::IpAddr) -> String {
+        let network = gateway_common::client_ip::mask(ip, self.v4_prefix_mask_len, self.v6_prefix_mask_len);
+        let prefix = if network.is_ipv4() { self.v4_prefix_mask_len } else { self.v6_prefix_mask_len };
+        format!("{network}/{prefix}")
+    }
+
     /// The key part for `ip`: its masked network, then the prefix length.
     pub fn key(&self, ip: std::net::IpAddr) -> Vec<u8> {
         let network = gateway_common::client_ip::mask(ip, self.v4_prefix_mask_len, self.v6_prefix_mask_len);
@@ -212,9 +265,17 @@ fn compile(raw: RawConfig) -> Result<RateLimitConfig, ConfigError> {
     if raw.rules.is_empty() {
         return Err(ConfigError::field("rules", "must list at least one rule"));
     }
+    let rate_limit_service = raw.rate_limit_service.map(compile_service).transpose()?;
     let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
     for (index, rule) in raw.rules.into_iter().enumerate() {
-        let rule = compile_rule(rule, &format!("rules[{index}]"))?;
+        let field = format!("rules[{index}]");
+        if rule.global && rate_limit_service.is_none() {
+            return Err(ConfigError::field(
+                format!("{field}.global"),
+                "a global rule needs `rate_limit_service` (the cluster and domain to ask)",
+            ));
+        }
+        let rule = compile_rule(rule, &field, raw.failure_policy)?;
         if rules.iter().any(|other| other.name == rule.name) {
             return Err(ConfigError::field(
                 format!("rules[{index}].name"),
@@ -229,11 +290,27 @@ fn compile(raw: RawConfig) -> Result<RateLimitConfig, ConfigError> {
         failure_policy: raw.failure_policy,
         legacy_headers: raw.legacy_headers,
         access_log_fields: raw.access_log_fields,
+        rate_limit_service,
         rules,
     })
 }
 
-fn compile_rule(raw: RawRule, field: &str) -> Result<Rule, ConfigError> {
+fn compile_service(raw: RawService) -> Result<RateLimitService, ConfigError> {
+    if raw.cluster.is_empty() {
+        return Err(ConfigError::field("rate_limit_service.cluster", "must name an Envoy cluster"));
+    }
+    if raw.domain.is_empty() {
+        return Err(ConfigError::field("rate_limit_service.domain", "must not be empty"));
+    }
+    let timeout =
+        parse_duration(&raw.timeout).map_err(|message| ConfigError::field("rate_limit_service.timeout", message))?;
+    if timeout.is_zero() || timeout > Duration::from_secs(10) {
+        return Err(ConfigError::field("rate_limit_service.timeout", "must be more than 0 and at most 10s"));
+    }
+    Ok(RateLimitService { cluster: raw.cluster, domain: raw.domain, timeout })
+}
+
+fn compile_rule(raw: RawRule, field: &str, default_failure_policy: FailurePolicy) -> Result<Rule, ConfigError> {
     let valid_name = (1..=64).contains(&raw.name.len())
         && raw.name.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-');
     if !valid_name {
@@ -255,13 +332,29 @@ fn compile_rule(raw: RawRule, field: &str) -> Result<Rule, ConfigError> {
         .map(|(index, part)| compile_key_part(part, &format!("{field}.key[{index}]")))
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let matcher = compile_match(raw.matcher, &format!("{field}.match"))?;
-    let limit = compile_limit(&raw.limit, &format!("{field}.limit"))?;
+    let scope = match (raw.global, &raw.limit) {
+        (false, Some(limit)) => {
+            let limit = compile_limit(limit, &format!("{field}.limit"))?;
+            Scope::Local { policy_item: crate::headers::policy_item(&raw.name, &limit), limit }
+        }
+        (false, None) => return Err(ConfigError::field(format!("{field}.limit"), "a local rule needs a limit")),
+        (true, Some(_)) => {
+            return Err(ConfigError::field(
+                format!("{field}.limit"),
+                "a global rule's limit is set in the rate limit service's limits file, not here",
+            ))
+        }
+        (true, None) if raw.shadow => {
+            return Err(ConfigError::field(format!("{field}.shadow"), "shadow mode is for local rules only"))
+        }
+        (true, None) => Scope::Global,
+    };
     Ok(Rule {
-        policy_item: crate::headers::policy_item(&raw.name, &limit),
         name: raw.name,
         matcher,
         key,
-        limit,
+        scope,
+        failure_policy: raw.failure_policy.unwrap_or(default_failure_policy),
         shadow: raw.shadow,
         headers: raw.headers,
     })
@@ -387,7 +480,10 @@ mod tests {
         assert!(!config.legacy_headers);
         assert!(!config.access_log_fields);
         let rule = &config.rules[0];
-        assert_eq!(rule.limit, Limit { requests: 10, period_seconds: 1, burst: 10 });
+        let limit = Limit { requests: 10, period_seconds: 1, burst: 10 };
+        assert_eq!(rule.scope, Scope::Local { limit, policy_item: "\"per-ip\";q=10;w=1".into() });
+        assert_eq!(rule.failure_policy, FailurePolicy::FailOpen);
+        assert_eq!(config.rate_limit_service, None);
         assert_eq!(rule.matcher, Match::default());
         assert!(!rule.shadow);
         assert!(rule.headers);
@@ -445,9 +541,96 @@ mod tests {
                 KeyPart::ClientIp(ClientIpMask { v4_prefix_mask_len: 24, v6_prefix_mask_len: 64 }),
             ]
         );
-        assert_eq!(rule.limit, Limit { requests: 5, period_seconds: 90, burst: 2 });
+        let Scope::Local { limit, .. } = &rule.scope else { panic!("a local rule") };
+        assert_eq!(*limit, Limit { requests: 5, period_seconds: 90, burst: 2 });
+        assert_eq!(rule.failure_policy, FailurePolicy::FailClosed, "the filter's");
         assert!(rule.shadow);
         assert!(!rule.headers);
+    }
+
+    #[test]
+    fn global_rules_name_the_service_and_keep_their_own_failure_policy() {
+        let config = parse(json!({
+            "failure_policy": "fail_closed",
+            "rate_limit_service": {"cluster": "ratelimit", "domain": "gateway", "timeout": "150ms"},
+            "rules": [
+                {"name": "shared", "global": true, "key": ["consumer"]},
+                {"name": "lenient", "global": true, "key": ["client_ip"], "failure_policy": "fail_open"},
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            config.rate_limit_service,
+            Some(RateLimitService {
+                cluster: "ratelimit".into(),
+                domain: "gateway".into(),
+                timeout: Duration::from_millis(150)
+            })
+        );
+        assert_eq!(config.rules[0].scope, Scope::Global);
+        assert_eq!(config.rules[0].failure_policy, FailurePolicy::FailClosed);
+        assert_eq!(config.rules[1].failure_policy, FailurePolicy::FailOpen);
+        let default_timeout = parse(json!({
+            "rate_limit_service": {"cluster": "c", "domain": "d"},
+            "rules": [{"name": "g", "global": true, "key": ["consumer"]}]
+        }))
+        .unwrap();
+        assert_eq!(default_timeout.rate_limit_service.unwrap().timeout, Duration::from_millis(20), "Envoy's default");
+    }
+
+    #[test]
+    fn bad_global_configs_name_the_field() {
+        let service = json!({"cluster": "ratelimit", "domain": "gateway"});
+        let global = json!({"name": "g", "global": true, "key": ["consumer"]});
+        let cases = [
+            (json!({"rules": [global.clone()]}), "rules[0].global", "needs `rate_limit_service`"),
+            (
+                json!({"rate_limit_service": service, "rules": [{"name": "g", "global": true, "key": ["consumer"], "limit": {"requests": 1, "per": "second"}}]}),
+                "rules[0].limit",
+                "limits file",
+            ),
+            (
+                json!({"rate_limit_service": service, "rules": [{"name": "g", "global": true, "key": ["consumer"], "shadow": true}]}),
+                "rules[0].shadow",
+                "local rules only",
+            ),
+            (json!({"rules": [{"name": "l", "key": ["consumer"]}]}), "rules[0].limit", "needs a limit"),
+            (
+                json!({"rate_limit_service": {"cluster": "", "domain": "d"}, "rules": [global.clone()]}),
+                "rate_limit_service.cluster",
+                "cluster",
+            ),
+            (
+                json!({"rate_limit_service": {"cluster": "c", "domain": ""}, "rules": [global.clone()]}),
+                "rate_limit_service.domain",
+                "empty",
+            ),
+            (
+                json!({"rate_limit_service": {"cluster": "c", "domain": "d", "timeout": "0s"}, "rules": [global.clone()]}),
+                "rate_limit_service.timeout",
+                "more than 0",
+            ),
+            (
+                json!({"rate_limit_service": {"cluster": "c", "domain": "d", "timeout": "soon"}, "rules": [global.clone()]}),
+                "rate_limit_service.timeout",
+                "",
+            ),
+            (
+                json!({"rate_limit_service": {"cluster": "c", "domain": "d", "grpc": true}, "rules": [global.clone()]}),
+                "rate_limit_service.grpc",
+                "unknown field",
+            ),
+            (
+                json!({"rate_limit_service": service, "rules": [{"name": "g", "global": true, "key": ["consumer"], "failure_policy": "maybe"}]}),
+                "rules[0].failure_policy",
+                "unknown variant",
+            ),
+        ];
+        for (config, field, message) in cases {
+            let error = parse(config.clone()).unwrap_err();
+            assert_eq!(error.field, field, "{config}: {error}");
+            assert!(error.message.contains(message), "{config}: {error}");
+        }
     }
 
     #[test]

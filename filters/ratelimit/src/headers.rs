@@ -13,40 +13,60 @@
 //! - On 429: `Retry-After` in whole seconds, rounded up so a client that waits that long is
 //!   admitted.
 
-use crate::config::{RateLimitConfig, Rule};
+use crate::config::{RateLimitConfig, Scope};
 use crate::gcra::{Acquire, Limit};
 use crate::limiter::{Check, CheckResult};
+use std::borrow::Cow;
 
-/// The headers describing every applied rule that has `headers` on.
+/// One rule in the headers.
+struct Reported<'a> {
+    name: &'a str,
+    policy_item: Cow<'a, str>,
+    /// What `remaining` counts down from (the legacy `X-RateLimit-Limit`).
+    limit: u64,
+    acquire: &'a Acquire,
+}
+
+/// The headers describing every applied rule that has `headers` on. A global rule is
+/// described by the limit the rate limit service reported (`q` = its requests per unit,
+/// `w` = the unit in seconds); the service may also report no limit, and then nothing is said.
 pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'static str, String)> {
-    let reported: Vec<(&Rule, &Acquire)> = checks
+    let reported: Vec<Reported> = checks
         .iter()
         .filter_map(|check| {
             let rule = config.rules.get(check.rule).filter(|rule| rule.headers)?;
-            match &check.result {
+            let acquire = match &check.result {
                 CheckResult::Allowed(acquire)
                 | CheckResult::Rejected(acquire)
-                | CheckResult::ShadowRejected(acquire) => Some((rule, acquire)),
-                CheckResult::Failed(_) => None,
-            }
+                | CheckResult::ShadowRejected(acquire) => acquire,
+                CheckResult::Failed(_) => return None,
+            };
+            let (policy_item, limit) = match (&rule.scope, check.quota) {
+                (Scope::Local { policy_item, limit }, _) => (Cow::Borrowed(policy_item.as_str()), limit.burst),
+                (Scope::Global, Some(quota)) => {
+                    (Cow::Owned(format!("\"{}\";q={};w={}", rule.name, quota.limit, quota.window_seconds)), quota.limit)
+                }
+                (Scope::Global, None) => return None,
+            };
+            Some(Reported { name: &rule.name, policy_item, limit, acquire })
         })
         .collect();
     if reported.is_empty() {
         return Vec::new();
     }
-    let policy = reported.iter().map(|(rule, _)| rule.policy_item.as_str()).collect::<Vec<_>>().join(", ");
+    let policy = reported.iter().map(|rule| rule.policy_item.as_ref()).collect::<Vec<_>>().join(", ");
     let state = reported
         .iter()
-        .map(|(rule, acquire)| format!("\"{}\";r={};t={}", rule.name, acquire.remaining, acquire.reset_seconds))
+        .map(|rule| format!("\"{}\";r={};t={}", rule.name, rule.acquire.remaining, rule.acquire.reset_seconds))
         .collect::<Vec<_>>()
         .join(", ");
     let mut headers = vec![("ratelimit-policy", policy), ("ratelimit", state)];
     if config.legacy_headers {
         // The rule closest to its limit is the one a client must respect.
-        if let Some((rule, acquire)) = reported.iter().min_by_key(|(_, acquire)| acquire.remaining) {
-            headers.push(("x-ratelimit-limit", rule.limit.burst.to_string()));
-            headers.push(("x-ratelimit-remaining", acquire.remaining.to_string()));
-            headers.push(("x-ratelimit-reset", acquire.reset_seconds.to_string()));
+        if let Some(rule) = reported.iter().min_by_key(|rule| rule.acquire.remaining) {
+            headers.push(("x-ratelimit-limit", rule.limit.to_string()));
+            headers.push(("x-ratelimit-remaining", rule.acquire.remaining.to_string()));
+            headers.push(("x-ratelimit-reset", rule.acquire.reset_seconds.to_string()));
         }
     }
     headers
@@ -86,9 +106,9 @@ mod tests {
     #[test]
     fn one_item_per_applied_rule_with_headers() {
         let checks = [
-            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)), overflowed: false },
-            Check { rule: 1, result: CheckResult::ShadowRejected(acquired(0, 3)), overflowed: false },
-            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)), overflowed: false },
+            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)), overflowed: false, quota: None },
+            Check { rule: 1, result: CheckResult::ShadowRejected(acquired(0, 3)), overflowed: false, quota: None },
+            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)), overflowed: false, quota: None },
         ];
         assert_eq!(
             rate_limit_headers(&config(false), &checks),
@@ -102,8 +122,8 @@ mod tests {
     #[test]
     fn legacy_headers_describe_the_tightest_rule() {
         let checks = [
-            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)), overflowed: false },
-            Check { rule: 1, result: CheckResult::Allowed(acquired(7, 2)), overflowed: false },
+            Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)), overflowed: false, quota: None },
+            Check { rule: 1, result: CheckResult::Allowed(acquired(7, 2)), overflowed: false, quota: None },
         ];
         let headers = rate_limit_headers(&config(true), &checks);
         assert_eq!(
@@ -119,8 +139,8 @@ mod tests {
     #[test]
     fn failed_or_silent_rules_add_nothing() {
         let checks = [
-            Check { rule: 0, result: CheckResult::Failed(Failure::TableFull), overflowed: false },
-            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)), overflowed: false },
+            Check { rule: 0, result: CheckResult::Failed(Failure::TableFull), overflowed: false, quota: None },
+            Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)), overflowed: false, quota: None },
         ];
         assert!(rate_limit_headers(&config(true), &checks).is_empty());
     }

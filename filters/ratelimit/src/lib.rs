@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod gcra;
+pub mod global;
 pub mod headers;
 pub mod limiter;
 pub mod table;
@@ -13,6 +14,7 @@ use gateway_common::host::{
 };
 use gateway_common::log_fields;
 use gateway_common::response::error_body;
+use global::CallOutcome;
 use limiter::{CheckResult, Decision, Failure, RequestFacts, Verdict};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -27,7 +29,16 @@ proxy_wasm::main! {{
 }}
 
 const DECISIONS: [&str; 3] = ["allowed", "rejected", "shadow_rejected"];
-const FAILURES: [Failure; 3] = [Failure::TableFull, Failure::Contended, Failure::Store];
+const FAILURES: [Failure; 6] = [
+    Failure::TableFull,
+    Failure::Contended,
+    Failure::Store,
+    Failure::ServiceTimeout,
+    Failure::ServiceError,
+    Failure::ServiceBadAnswer,
+];
+/// Counters per rule: one per decision, then one per failure.
+const COUNTERS: usize = DECISIONS.len() + FAILURES.len();
 
 /// What one VM (one Envoy worker) keeps: the compiled config, the table's hash key, and its
 /// metrics.
@@ -35,12 +46,12 @@ struct Worker {
     config: RateLimitConfig,
     seed: [u8; 16],
     /// Per rule: one counter for each of [`DECISIONS`], then one for each of [`FAILURES`].
-    counters: Vec<[BatchedCounter; 6]>,
+    counters: Vec<[BatchedCounter; COUNTERS]>,
     /// Set when the host has no timer for this VM.
     flush_each_request: bool,
     /// Failures are logged once per worker and kind, then only counted: a flood must not
     /// turn into a log flood.
-    logged_failures: [Cell<bool>; 3],
+    logged_failures: [Cell<bool>; FAILURES.len()],
     logged_no_clock: Cell<bool>,
 }
 
@@ -94,7 +105,10 @@ impl RootContext for RateLimitRoot {
                     let reason = FAILURES.get(index).map_or("", |failure| failure.as_str());
                     define("gateway_ratelimit_failures_total", &rule.name, "reason", reason)
                 };
-                [decision(0), decision(1), decision(2), failure(0), failure(1), failure(2)]
+                std::array::from_fn(|slot| match slot.checked_sub(DECISIONS.len()) {
+                    None => decision(slot),
+                    Some(index) => failure(index),
+                })
             })
             .collect();
         let flush_each_request = match hostcalls::set_tick_period(COUNTER_FLUSH_PERIOD) {
@@ -126,7 +140,12 @@ impl RootContext for RateLimitRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(RateLimitHttp { worker: self.worker.clone(), response_headers: Vec::new(), replied: false }))
+        Some(Box::new(RateLimitHttp {
+            worker: self.worker.clone(),
+            response_headers: Vec::new(),
+            replied: false,
+            awaiting_service: None,
+        }))
     }
 }
 
@@ -136,9 +155,29 @@ struct RateLimitHttp {
     response_headers: Vec<(&'static str, String)>,
     /// True once this filter answered the request itself (its reply carries its own headers).
     replied: bool,
+    /// While the request waits for the rate limit service: the call and the local decision.
+    awaiting_service: Option<(u32, Decision)>,
 }
 
-impl Context for RateLimitHttp {}
+impl Context for RateLimitHttp {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(worker) = self.worker.clone() else { return };
+        let Some((token, decision)) = self.awaiting_service.take() else { return };
+        if token != token_id {
+            self.awaiting_service = Some((token, decision));
+            return;
+        }
+        let body = if status_code == 0 { self.get_grpc_call_response_body(0, response_size) } else { None };
+        let outcome = match status_code {
+            0 => CallOutcome::Answered(body.as_deref()),
+            status => CallOutcome::Status(status),
+        };
+        let decision = global::decide(&worker.config, decision, outcome);
+        if let Action::Continue = self.finish(&worker, decision) {
+            self.resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for RateLimitHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -151,27 +190,31 @@ impl HttpContext for RateLimitHttp {
             }
             return Action::Continue;
         };
-        let decision = limiter::evaluate(&worker.config, &mut HostRequest, &HostSharedData, worker.seed, now);
-        worker.count(&decision);
-        if worker.config.access_log_fields {
-            worker.publish(&decision);
+        let mut decision = limiter::evaluate(&worker.config, &mut HostRequest, &HostSharedData, worker.seed, now);
+        if let (Some(service), false) = (&worker.config.rate_limit_service, decision.global.is_empty()) {
+            let message = global::request_message(&service.domain, &decision.global);
+            let call = self.dispatch_grpc_call(
+                &service.cluster,
+                global::SERVICE,
+                global::METHOD,
+                Vec::new(),
+                Some(&message),
+                service.timeout,
+            );
+            match call {
+                Ok(token) => {
+                    // Envoy ends the call by its timeout at the latest, so the request always
+                    // resumes or gets its answer in `on_grpc_call_response`.
+                    self.awaiting_service = Some((token, decision));
+                    return Action::Pause;
+                }
+                Err(status) => {
+                    log::debug!("ratelimit: cannot call the rate limit service: {status:?}");
+                    decision = global::decide(&worker.config, decision, CallOutcome::NotSent);
+                }
+            }
         }
-        let headers = headers::rate_limit_headers(&worker.config, &decision.checks);
-        match decision.verdict {
-            Verdict::Allow => {
-                self.response_headers = headers;
-                Action::Continue
-            }
-            Verdict::Reject { rule, retry_after_seconds } => {
-                let name = worker.config.rules.get(rule).map_or("", |rule| rule.name.as_str());
-                let message = format!("rate limit `{name}` exceeded; retry in {retry_after_seconds} s");
-                self.reply(429, &retry_after_seconds.to_string(), headers, &error_body("rate_limited", &message))
-            }
-            Verdict::Unavailable { .. } => {
-                let body = error_body("rate_limit_unavailable", "the rate limit state is unavailable; retry shortly");
-                self.reply(503, "1", headers, &body)
-            }
-        }
+        self.finish(&worker, decision)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -195,6 +238,31 @@ impl HttpContext for RateLimitHttp {
 }
 
 impl RateLimitHttp {
+    /// Counts and publishes `decision`, then lets the request go on (with the headers for the
+    /// response) or answers it.
+    fn finish(&mut self, worker: &Worker, decision: Decision) -> Action {
+        worker.count(&decision);
+        if worker.config.access_log_fields {
+            worker.publish(&decision);
+        }
+        let headers = headers::rate_limit_headers(&worker.config, &decision.checks);
+        match decision.verdict {
+            Verdict::Allow => {
+                self.response_headers = headers;
+                Action::Continue
+            }
+            Verdict::Reject { rule, retry_after_seconds } => {
+                let name = worker.config.rules.get(rule).map_or("", |rule| rule.name.as_str());
+                let message = format!("rate limit `{name}` exceeded; retry in {retry_after_seconds} s");
+                self.reply(429, &retry_after_seconds.to_string(), headers, &error_body("rate_limited", &message))
+            }
+            Verdict::Unavailable { .. } => {
+                let body = error_body("rate_limit_unavailable", "the rate limit state is unavailable; retry shortly");
+                self.reply(503, "1", headers, &body)
+            }
+        }
+    }
+
     fn reply(&mut self, status: u32, retry_after: &str, rate_headers: Vec<(&str, String)>, body: &[u8]) -> Action {
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("retry-after", retry_after)];
         headers.extend(rate_headers.iter().map(|(name, value)| (*name, value.as_str())));
@@ -267,8 +335,9 @@ impl Worker {
         if logged.replace(true) {
             return;
         }
-        let name = self.config.rules.get(rule).map_or("", |rule| rule.name.as_str());
-        let policy = match (failure, self.config.failure_policy) {
+        let Some(rule) = self.config.rules.get(rule) else { return };
+        let name = &rule.name;
+        let policy = match (failure, rule.failure_policy) {
             (Failure::TableFull, _) => "keys without a slot share the rule's overflow bucket (one key's limit)",
             (_, FailurePolicy::FailOpen) => "letting requests through (fail_open)",
             (_, FailurePolicy::FailClosed) => "answering 503 (fail_closed)",
@@ -279,6 +348,11 @@ impl Worker {
             }
             Failure::Contended => "shared data stayed contended through every compare-and-swap attempt",
             Failure::Store => "shared data failed",
+            Failure::ServiceTimeout => "the rate limit service did not answer within `rate_limit_service.timeout`",
+            Failure::ServiceError => {
+                "the rate limit service call failed (unknown or unhealthy cluster, or a non-OK gRPC status)"
+            }
+            Failure::ServiceBadAnswer => "the rate limit service's answer is not a RateLimitResponse for the request",
         };
         log::warn!(
             "ratelimit: rule `{name}`: {why}; {policy}. Logged once per worker; see gateway_ratelimit_failures_total"
@@ -301,4 +375,10 @@ impl RequestFacts for HostRequest {
     fn peer_address(&mut self) -> Option<Vec<u8>> {
         hostcalls::get_property(vec!["source", "address"]).ok().flatten()
     }
+}
+
+/// `envoy.service.ratelimit.v3` and `envoy.extensions.common.ratelimit.v3`, generated by build.rs.
+#[allow(clippy::all, clippy::pedantic, clippy::indexing_slicing)]
+pub mod rls {
+    include!(concat!(env!("OUT_DIR"), "/rls.rs"));
 }

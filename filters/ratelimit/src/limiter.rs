@@ -2,8 +2,8 @@
 //! bucket update in shared data. No proxy-wasm import: the request is seen through
 //! [`RequestFacts`] and the store through `SharedStore`, so all of it runs in native tests.
 
-use crate::config::{FailurePolicy, HeaderCondition, KeyPart, Match, RateLimitConfig, Rule};
-use crate::gcra::Acquire;
+use crate::config::{FailurePolicy, HeaderCondition, KeyPart, Match, RateLimitConfig, Rule, Scope};
+use crate::gcra::{Acquire, Limit};
 use crate::table::{self, bucket_id, BucketId, Outcome};
 use gateway_common::client_ip::from_source_address;
 use gateway_common::path_match::strip_query;
@@ -96,6 +96,12 @@ pub enum Failure {
     Contended,
     /// The shared-data host call failed (or the table is missing).
     Store,
+    /// The rate limit service did not answer within the timeout.
+    ServiceTimeout,
+    /// The call failed: no such cluster, no healthy instance, or a non-OK gRPC status.
+    ServiceError,
+    /// The service answered something that is not a `RateLimitResponse` for this request.
+    ServiceBadAnswer,
 }
 
 impl Failure {
@@ -104,6 +110,9 @@ impl Failure {
             Failure::TableFull => "table_full",
             Failure::Contended => "contended",
             Failure::Store => "store_error",
+            Failure::ServiceTimeout => "service_timeout",
+            Failure::ServiceError => "service_error",
+            Failure::ServiceBadAnswer => "service_bad_answer",
         }
     }
 }
@@ -116,6 +125,25 @@ pub struct Check {
     /// The key's table group was full of other active buckets, so the request was charged to
     /// the rule's overflow bucket instead (see [`table::overflow_key`]).
     pub overflowed: bool,
+    /// A global rule's limit, as the rate limit service reported it (none for local rules,
+    /// whose limit is in the config, or when the service has no limit for the descriptor).
+    pub quota: Option<Quota>,
+}
+
+/// A limit as the rate limit service states it: `limit` requests per `window_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u64,
+    pub window_seconds: u64,
+}
+
+/// One matching global rule's descriptor for the rate limit service: `("rule", name)`, then
+/// one entry per key part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalDescriptor {
+    /// Index into `RateLimitConfig::rules`.
+    pub rule: usize,
+    pub entries: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,9 +162,13 @@ pub struct Decision {
     /// Every rule that was charged or consulted, in order. Rules after a rejecting one are
     /// not consulted, so a rejected request is never charged to them.
     pub checks: Vec<Check>,
+    /// The global rules that apply, when the local rules let the request through: the rate
+    /// limit service decides them (see `crate::global`).
+    pub global: Vec<GlobalDescriptor>,
 }
 
-/// Evaluates `config`'s rules in order for one request at `now_nanos`.
+/// Evaluates `config`'s local rules in order for one request at `now_nanos`, and lists the
+/// global rules that apply (local rules come first: a flood is shed before the network hop).
 pub fn evaluate(
     config: &RateLimitConfig,
     facts: &mut dyn RequestFacts,
@@ -146,45 +178,50 @@ pub fn evaluate(
 ) -> Decision {
     let mut memo = Memo::new(facts);
     let mut checks = Vec::new();
+    let mut global = Vec::new();
     for (index, rule) in config.rules.iter().enumerate() {
         if !matches(&rule.matcher, &mut memo) {
             continue;
         }
+        let Scope::Local { limit, .. } = &rule.scope else {
+            if let Some(entries) = descriptor_entries(rule, config, &mut memo) {
+                global.push(GlobalDescriptor { rule: index, entries });
+            }
+            continue;
+        };
         // A rule whose key cannot be built (its header is absent) does not apply, as with
         // Envoy's rate limit descriptors; pair such rules with a client_ip rule.
         let Some(parts) = key_parts(rule, config, &mut memo) else {
             continue;
         };
         let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        let id = bucket_id(seed, config.groups, &rule.name, &rule.limit, &parts);
-        let mut result = charge(store, &table::group_key(config.groups, id.group), id, rule, now_nanos);
+        let id = bucket_id(seed, config.groups, &rule.name, limit, &parts);
+        let mut result = charge(store, &table::group_key(config.groups, id.group), id, rule, limit, now_nanos);
         let overflowed = result == CheckResult::Failed(Failure::TableFull);
         if overflowed {
             // Neither unlimited nor refused: every key without a slot shares one bucket of
             // the rule's own limit, so a flood of new keys gets one key's worth of requests.
-            let id = table::overflow_id(seed, &rule.name, &rule.limit);
-            result = charge(store, &table::overflow_key(&rule.name), id, rule, now_nanos);
+            let id = table::overflow_id(seed, &rule.name, limit);
+            result = charge(store, &table::overflow_key(&rule.name), id, rule, limit, now_nanos);
         }
-        checks.push(Check { rule: index, result, overflowed });
+        checks.push(Check { rule: index, result, overflowed, quota: None });
         match result {
             CheckResult::Rejected(acquire) => {
-                return Decision {
-                    verdict: Verdict::Reject { rule: index, retry_after_seconds: acquire.retry_after_seconds },
-                    checks,
-                }
+                let verdict = Verdict::Reject { rule: index, retry_after_seconds: acquire.retry_after_seconds };
+                return Decision { verdict, checks, global: Vec::new() };
             }
-            CheckResult::Failed(_) if config.failure_policy == FailurePolicy::FailClosed && !rule.shadow => {
-                return Decision { verdict: Verdict::Unavailable { rule: index }, checks }
+            CheckResult::Failed(_) if rule.failure_policy == FailurePolicy::FailClosed && !rule.shadow => {
+                return Decision { verdict: Verdict::Unavailable { rule: index }, checks, global: Vec::new() }
             }
             _ => {}
         }
     }
-    Decision { verdict: Verdict::Allow, checks }
+    Decision { verdict: Verdict::Allow, checks, global }
 }
 
 /// One request against the bucket `id` stored under the shared-data key `key`.
-fn charge(store: &dyn SharedStore, key: &str, id: BucketId, rule: &Rule, now_nanos: u64) -> CheckResult {
-    match update(store, key, MAX_CAS_ATTEMPTS, |group| table::decide(group, id, &rule.limit, now_nanos)) {
+fn charge(store: &dyn SharedStore, key: &str, id: BucketId, rule: &Rule, limit: &Limit, now_nanos: u64) -> CheckResult {
+    match update(store, key, MAX_CAS_ATTEMPTS, |group| table::decide(group, id, limit, now_nanos)) {
         Ok(Outcome::Acquired(acquire)) if acquire.allowed => CheckResult::Allowed(acquire),
         Ok(Outcome::Acquired(acquire)) if rule.shadow => CheckResult::ShadowRejected(acquire),
         Ok(Outcome::Acquired(acquire)) => CheckResult::Rejected(acquire),
@@ -221,6 +258,31 @@ fn key_parts(rule: &Rule, config: &RateLimitConfig, memo: &mut Memo) -> Option<V
             KeyPart::Fixed(text) => Some(text.as_bytes().to_vec()),
         })
         .collect()
+}
+
+/// A global rule's descriptor entries for this request, or `None` when a key part is missing.
+/// The entry keys are the names Envoy's own rate limit actions use where one exists
+/// (`masked_remote_address`, `generic_key`), so Envoy's ratelimit filter can send the same
+/// descriptors; the value of `masked_remote_address` is `network/prefix`, as Envoy writes it.
+fn descriptor_entries(rule: &Rule, config: &RateLimitConfig, memo: &mut Memo) -> Option<Vec<(String, String)>> {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let mut entries = Vec::with_capacity(rule.key.len() + 1);
+    entries.push(("rule".to_string(), rule.name.clone()));
+    for part in &rule.key {
+        let entry = match part {
+            KeyPart::ClientIp(mask) => {
+                let ip = memo.peer().and_then(from_source_address)?;
+                ("masked_remote_address".to_string(), mask.network(ip))
+            }
+            KeyPart::Consumer => ("consumer".to_string(), text(memo.header(&config.consumer_header)?)),
+            KeyPart::Path => ("path".to_string(), text(&path_key(memo.header(":path")?))),
+            KeyPart::Route => ("route".to_string(), text(memo.route()?)),
+            KeyPart::Header(name) => (name.clone(), text(memo.header(name)?)),
+            KeyPart::Fixed(value) => ("generic_key".to_string(), value.clone()),
+        };
+        entries.push(entry);
+    }
+    Some(entries)
 }
 
 /// The `path` key part: the path without its query string or trailing slashes, so `/p/` is
@@ -346,6 +408,61 @@ mod tests {
     }
 
     #[test]
+    fn global_rules_are_listed_after_the_local_ones_with_envoys_descriptor_keys() {
+        let gateway = Gateway::new(json!({
+            "rate_limit_service": {"cluster": "ratelimit", "domain": "gateway"},
+            "rules": [
+                {"name": "shared", "global": true,
+                 "key": [{"client_ip": {"v4_prefix_mask_len": 24}}, "consumer", "path", "route", {"header": "x-tenant"}, {"fixed": "all"}]},
+                rule("local", json!(["client_ip"]), 60, 2),
+                {"name": "needs-plan", "global": true, "key": [{"header": "x-plan"}]},
+            ]
+        }));
+        let request = Request::get("/orders/7/?page=2")
+            .peer("198.51.100.7:4000")
+            .header("x-gateway-consumer", "ada")
+            .header("x-tenant", "acme")
+            .route("orders");
+        let decision = gateway.send(&request, NOW);
+        assert_eq!(decision.verdict, Verdict::Allow);
+        assert_eq!(decision.checks.len(), 1, "only the local rule is decided here");
+        let pairs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
+        };
+        assert_eq!(
+            decision.global,
+            [GlobalDescriptor {
+                rule: 0,
+                entries: pairs(&[
+                    ("rule", "shared"),
+                    ("masked_remote_address", "198.51.100.0/24"),
+                    ("consumer", "ada"),
+                    ("path", "/orders/7"),
+                    ("route", "orders"),
+                    ("x-tenant", "acme"),
+                    ("generic_key", "all"),
+                ]),
+            }],
+            "a rule whose header is absent does not apply"
+        );
+        let ipv6 = gateway.send(
+            &Request::get("/")
+                .peer("[2001:db8::7]:1")
+                .header("x-gateway-consumer", "ada")
+                .header("x-tenant", "acme")
+                .route("orders"),
+            NOW,
+        );
+        assert_eq!(ipv6.global[0].entries[1], ("masked_remote_address".into(), "2001:db8::/64".into()));
+
+        // Once the local rule rejects, the service is not asked.
+        gateway.send(&request, NOW);
+        let rejected = gateway.send(&request, NOW);
+        assert!(matches!(rejected.verdict, Verdict::Reject { rule: 1, .. }));
+        assert!(rejected.global.is_empty());
+    }
+
+    #[test]
     fn each_key_gets_its_own_bucket() {
         let gateway = Gateway::new(json!({"rules": [rule("per-ip", json!(["client_ip"]), 60, 3)]}));
         let alice = Request::get("/").peer("10.0.0.1:1111");
@@ -380,7 +497,7 @@ mod tests {
         assert_eq!(decision.verdict, Verdict::Reject { rule: 0, retry_after_seconds: 59 });
         assert!(matches!(
             decision.checks[..],
-            [Check { rule: 0, result: CheckResult::Rejected(_), overflowed: false }]
+            [Check { rule: 0, result: CheckResult::Rejected(_), overflowed: false, quota: None }]
         ));
         assert_eq!(gateway.send(&request, NOW + 60 * SECOND).verdict, Verdict::Allow);
     }
