@@ -52,6 +52,26 @@ impl Gateway {
         self
     }
 
+    /// A cluster of loopback endpoints that speak HTTP/2 (a gRPC service).
+    pub fn grpc_cluster(mut self, name: &str, ports: &[u16]) -> Gateway {
+        self = self.cluster(name, ports);
+        if let Some(cluster) = self.clusters.last_mut() {
+            cluster["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}
+                }
+            });
+        }
+        self
+    }
+
+    /// A route given whole, as Envoy's `RouteConfiguration` route JSON.
+    pub fn raw_route(mut self, route: Value) -> Gateway {
+        self.routes.push(route);
+        self
+    }
+
     /// A named route: requests whose path starts with `prefix` go to `cluster`.
     pub fn route(mut self, name: &str, prefix: &str, cluster: &str) -> Gateway {
         self.routes.push(json!({"name": name, "match": {"prefix": prefix}, "route": {"cluster": cluster}}));

@@ -12,5 +12,6 @@ pub mod load;
 pub mod paths;
 pub mod process;
 pub mod prometheus_text;
+pub mod rls;
 pub mod scratch;
 pub mod shipped;

@@ -32,6 +32,18 @@ pub fn wasm_module(name: &str) -> PathBuf {
     path
 }
 
+/// A release binary of this workspace, e.g. `service_binary("ratelimit-service")`. Fails with
+/// the command to run when it has not been built.
+pub fn service_binary(name: &str) -> PathBuf {
+    let path = repo_root().join("target/release").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first with `make services` (or run everything with `make test`)",
+        path.display()
+    );
+    path
+}
+
 /// A program from PATH or an override variable, with the install command when it is absent.
 pub fn tool(name: &str, override_var: &str, install_hint: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(override_var).filter(|p| !p.is_empty()) {

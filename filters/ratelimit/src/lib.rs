@@ -21,6 +21,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs a panic at critical level.
@@ -155,22 +156,24 @@ struct RateLimitHttp {
     response_headers: Vec<(&'static str, String)>,
     /// True once this filter answered the request itself (its reply carries its own headers).
     replied: bool,
-    /// While the request waits for the rate limit service: the call and the local decision.
-    awaiting_service: Option<(u32, Decision)>,
+    /// While the request waits for the rate limit service: the call, when it was sent, and
+    /// the local decision.
+    awaiting_service: Option<(u32, u64, Decision)>,
 }
 
 impl Context for RateLimitHttp {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let Some(worker) = self.worker.clone() else { return };
-        let Some((token, decision)) = self.awaiting_service.take() else { return };
+        let Some((token, sent_at, decision)) = self.awaiting_service.take() else { return };
         if token != token_id {
-            self.awaiting_service = Some((token, decision));
+            self.awaiting_service = Some((token, sent_at, decision));
             return;
         }
+        let elapsed = Duration::from_nanos(now_nanos().unwrap_or(sent_at).saturating_sub(sent_at));
         let body = if status_code == 0 { self.get_grpc_call_response_body(0, response_size) } else { None };
         let outcome = match status_code {
             0 => CallOutcome::Answered(body.as_deref()),
-            status => CallOutcome::Status(status),
+            status => CallOutcome::Status { status, elapsed },
         };
         let decision = global::decide(&worker.config, decision, outcome);
         if let Action::Continue = self.finish(&worker, decision) {
@@ -205,7 +208,7 @@ impl HttpContext for RateLimitHttp {
                 Ok(token) => {
                     // Envoy ends the call by its timeout at the latest, so the request always
                     // resumes or gets its answer in `on_grpc_call_response`.
-                    self.awaiting_service = Some((token, decision));
+                    self.awaiting_service = Some((token, now, decision));
                     return Action::Pause;
                 }
                 Err(status) => {

@@ -36,15 +36,16 @@ fn main() -> ExitCode {
         Ok(limits) => limits,
         Err(message) => return fail(&message),
     };
-    let store = match RedisStore::new(&options.redis, options.redis_timeout) {
-        Ok(store) => store,
-        Err(message) => return fail(&message),
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the runtime: {error}")),
     };
     runtime.block_on(async {
+        // Inside the runtime: the connection manager spawns its reconnection tasks on it.
+        let store = match RedisStore::new(&options.redis, options.redis_timeout) {
+            Ok(store) => store,
+            Err(message) => return fail(&message),
+        };
         let bind = |address: String| async move {
             tokio::net::TcpListener::bind(&address)
                 .await
@@ -55,10 +56,14 @@ fn main() -> ExitCode {
             (Err(message), _) | (_, Err(message)) => return fail(&message),
         };
         let domains = limits.domains();
+        // The bound addresses (a port of 0 gets one from the kernel): the test harness reads them.
+        let address = |listener: &tokio::net::TcpListener, asked: &str| {
+            listener.local_addr().map_or(asked.to_string(), |address| address.to_string())
+        };
         println!(
             "ratelimit-service listening on grpc://{} (admin http://{}), domains {}, Redis {}",
-            options.grpc,
-            options.admin,
+            address(&grpc, &options.grpc),
+            address(&admin, &options.admin),
             domains.join(", "),
             options.redis
         );
