@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn failures_apply_each_rules_policy() {
-        let cases: [(CallOutcome, Failure); 5] = [
+        let cases: [(CallOutcome, Failure); 6] = [
             (CallOutcome::Status { status: 4, elapsed: Duration::from_millis(3) }, Failure::ServiceTimeout),
             (CallOutcome::Status { status: 14, elapsed: Duration::from_millis(19) }, Failure::ServiceTimeout),
             (CallOutcome::Status { status: 14, elapsed: Duration::from_millis(2) }, Failure::ServiceError),
