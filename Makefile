@@ -11,7 +11,7 @@ FILTER_CRATES := -p metrics-filter -p ratelimit-filter -p aggregate-filter -p au
 # The benchmark's instruments (bench/): built and linted with the filters.
 BENCH_CRATES := -p noop-filter -p read-probe
 
-.PHONY: demo test bench setup wasm lint
+.PHONY: demo test bench setup wasm services lint
 
 demo:
 	@scripts/setup.sh demo
@@ -23,12 +23,12 @@ test:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy --target $(WASM_TARGET) $(FILTER_CRATES) $(BENCH_CRATES) -p gateway-common -- -D warnings
-	@$(MAKE) --no-print-directory wasm
+	@$(MAKE) --no-print-directory wasm services
 	cargo test --workspace
 
 bench:
 	@scripts/setup.sh bench
-	@$(MAKE) --no-print-directory wasm
+	@$(MAKE) --no-print-directory wasm services
 	cargo run --release -p integration-tests --bin bench
 
 # Installs everything every target needs (the others install only their own part).
@@ -37,3 +37,7 @@ setup:
 
 wasm:
 	cargo build --release --target $(WASM_TARGET) $(FILTER_CRATES) $(BENCH_CRATES)
+
+# The rate limit service, which the tests and the benchmark run as a process (as users do).
+services:
+	cargo build --release -p ratelimit-service

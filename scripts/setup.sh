@@ -32,10 +32,10 @@ fi
 # command -> package
 declare -A packages=()
 case $profile in
-  demo) packages=([curl]=curl) ;;
-  test) packages=([prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk) ;;
-  bench) packages=([wrk]=wrk) ;;
-  all) packages=([curl]=curl [prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk) ;;
+  demo) packages=([curl]=curl [redis-server]=redis-server) ;;
+  test) packages=([prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk [redis-server]=redis-server) ;;
+  bench) packages=([wrk]=wrk [redis-server]=redis-server) ;;
+  all) packages=([curl]=curl [prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk [redis-server]=redis-server) ;;
   *) fail "unknown profile '$profile' (demo, test, bench or all)" ;;
 esac
 need_venv_package=no

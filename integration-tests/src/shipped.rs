@@ -7,6 +7,7 @@ use crate::catalog::Catalog;
 use crate::demo;
 use crate::envoy::Envoy;
 use crate::paths;
+use crate::rls::{RateLimitService, Redis, ServiceOptions};
 use crate::scratch::ScratchDir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,13 +42,16 @@ pub fn write_descriptor_set(dir: &Path) -> PathBuf {
 pub struct Singles {
     pub idp: u16,
     pub catalog: u16,
+    /// The rate limit service's gRPC port.
+    pub ratelimit: u16,
 }
 
-/// The demo's rate limits raised far above any test load (nothing else changes).
+/// The demo's rate limits raised far above any test load (nothing else changes; the global
+/// rule, whose limit is in the service's file, becomes a local rule with such a limit).
 pub fn without_rate_limits(yaml: String) -> String {
     let unlimited = r#""limit": {"requests": 1000000, "per": "second"}"#;
     let limits = [
-        r#""limit": {"requests": 3, "per": "minute"}"#,
+        r#""global": true"#,
         r#""limit": {"requests": 60, "per": "minute", "burst": 20}"#,
         r#""limit": {"requests": 1000, "per": "hour", "burst": 50}"#,
     ];
@@ -100,6 +104,7 @@ impl ShippedGateway {
             .replace("port_value: 10000", "port_value: 0")
             .replace("port_value: 8084", &format!("port_value: {}", singles.idp))
             .replace("port_value: 8085", &format!("port_value: {}", singles.catalog))
+            .replace("port_value: 8089", &format!("port_value: {}", singles.ratelimit))
             .replace(".run/catalog.pb", &write_descriptor_set(dir.path()).display().to_string())
             .replace(".run/cache", &cache.display().to_string())
             .replace(".run/endpoints", &endpoints.display().to_string())
@@ -167,12 +172,15 @@ impl ShippedGateway {
     }
 }
 
-/// The demo services in this process: two instances of each API service, one identity
-/// provider and one catalog gRPC service, on free ports.
+/// The demo services: two instances of each API service, one identity provider and one
+/// catalog gRPC service in this process, and the rate limit service (with the shipped limits,
+/// `envoy/ratelimit/limits.yaml`) and its Redis as processes, all on free ports.
 pub struct DemoServices {
     pub instances: Vec<(&'static str, Backend)>,
     pub idp: Backend,
     pub catalog: Catalog,
+    pub ratelimit: RateLimitService,
+    pub redis: Redis,
 }
 
 impl DemoServices {
@@ -180,11 +188,15 @@ impl DemoServices {
         let start = |service: &str| Backend::start("127.0.0.1:0", demo::handler(service).unwrap()).unwrap();
         let instances =
             API_SERVICES.iter().flat_map(|service| [(*service, start(service)), (*service, start(service))]).collect();
-        DemoServices { instances, idp: start("idp"), catalog: Catalog::start() }
+        let redis = Redis::start();
+        let limits = std::fs::read_to_string(paths::repo_root().join("envoy/ratelimit/limits.yaml"))
+            .unwrap_or_else(|e| panic!("envoy/ratelimit/limits.yaml: {e}"));
+        let ratelimit = RateLimitService::start(ServiceOptions { limits, redis_url: redis.url(), redis_timeout_ms: 50 });
+        DemoServices { instances, idp: start("idp"), catalog: Catalog::start(), ratelimit, redis }
     }
 
     pub fn singles(&self) -> Singles {
-        Singles { idp: self.idp.port(), catalog: self.catalog.port() }
+        Singles { idp: self.idp.port(), catalog: self.catalog.port(), ratelimit: self.ratelimit.grpc_port() }
     }
 
     /// Each API service with the ports of its instances.

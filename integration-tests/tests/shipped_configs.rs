@@ -85,6 +85,7 @@ fn compose_config_is_the_demo_gateway() {
         .replace("/etc/envoy/wasm/catalog.pb", ".run/catalog.pb")
         .replace("cache_path: /var/cache/envoy", "cache_path: .run/cache")
         .replace("address: catalog,", "address: 127.0.0.1,")
+        .replace("address: ratelimit,", "address: 127.0.0.1,")
         .replace("/etc/envoy/wasm/", "target/wasm32-wasip1/release/")
         .replace("path: /dev/stdout", "path: .run/access.log")
         .replace("address: idp,", "address: 127.0.0.1,")

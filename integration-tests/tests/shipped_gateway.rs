@@ -608,7 +608,7 @@ fn requests_are_traced_and_an_aggregated_requests_calls_carry_its_trace() {
         instances.iter().map(|(service, backend)| (*service, vec![backend.port()])).collect();
     let collector_port = receiver.backend.port();
     let gateway =
-        ShippedGateway::start_with(&endpoints, Singles { idp: idp.port(), catalog: free_port() }, move |yaml| {
+        ShippedGateway::start_with(&endpoints, Singles { idp: idp.port(), catalog: free_port(), ratelimit: free_port() }, move |yaml| {
             yaml.replace("port_value: 4318", &format!("port_value: {collector_port}"))
         });
 
