@@ -191,7 +191,8 @@ impl DemoServices {
         let redis = Redis::start();
         let limits = std::fs::read_to_string(paths::repo_root().join("envoy/ratelimit/limits.yaml"))
             .unwrap_or_else(|e| panic!("envoy/ratelimit/limits.yaml: {e}"));
-        let ratelimit = RateLimitService::start(ServiceOptions { limits, redis_url: redis.url(), redis_timeout_ms: 50 });
+        let ratelimit =
+            RateLimitService::start(ServiceOptions { limits, redis_url: redis.url(), redis_timeout_ms: 50 });
         DemoServices { instances, idp: start("idp"), catalog: Catalog::start(), ratelimit, redis }
     }
 

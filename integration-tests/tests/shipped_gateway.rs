@@ -607,10 +607,11 @@ fn requests_are_traced_and_an_aggregated_requests_calls_carry_its_trace() {
     let endpoints: Vec<(&str, Vec<u16>)> =
         instances.iter().map(|(service, backend)| (*service, vec![backend.port()])).collect();
     let collector_port = receiver.backend.port();
-    let gateway =
-        ShippedGateway::start_with(&endpoints, Singles { idp: idp.port(), catalog: free_port(), ratelimit: free_port() }, move |yaml| {
-            yaml.replace("port_value: 4318", &format!("port_value: {collector_port}"))
-        });
+    let gateway = ShippedGateway::start_with(
+        &endpoints,
+        Singles { idp: idp.port(), catalog: free_port(), ratelimit: free_port() },
+        move |yaml| yaml.replace("port_value: 4318", &format!("port_value: {collector_port}")),
+    );
 
     // A plain request continues the client's trace; its span is named after the route.
     let plain_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
