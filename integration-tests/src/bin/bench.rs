@@ -18,6 +18,7 @@ use integration_tests::envoy::Envoy;
 use integration_tests::gateway::Gateway;
 use integration_tests::load::{cpu_ns, rss_mib, Wrk, WrkRun};
 use integration_tests::paths;
+use integration_tests::rls::{RateLimitService, Redis, ServiceOptions};
 use integration_tests::scratch::ScratchDir;
 use serde_json::{json, Value};
 use std::process::Command;
@@ -30,6 +31,8 @@ struct Settings {
     /// Distinct tokens the `auth-fresh` variant cycles through (more than any round sends, so
     /// the filter's cache of verified tokens rarely helps).
     fresh_tokens: usize,
+    /// Only these variants (`BENCH_ONLY=bare,noop,rl-global`), or all when empty.
+    only: Vec<String>,
 }
 
 impl Settings {
@@ -41,6 +44,12 @@ impl Settings {
             seconds: number("BENCH_SECONDS", 3),
             connections: number("BENCH_CONNECTIONS", 8) as u32,
             fresh_tokens: number("BENCH_FRESH_TOKENS", 40_000) as usize,
+            only: std::env::var("BENCH_ONLY")
+                .unwrap_or_default()
+                .split(',')
+                .filter(|name| !name.is_empty())
+                .map(str::to_string)
+                .collect(),
         }
     }
 }
@@ -55,6 +64,9 @@ struct Variant {
     path: &'static str,
     /// Extra request headers (`name: value`) on every request.
     headers: Vec<String>,
+    /// Other processes this variant makes work (the rate limit service, Redis): their CPU per
+    /// request is measured too.
+    helpers: Vec<u32>,
     rounds: Vec<Round>,
 }
 
@@ -69,7 +81,15 @@ struct Round {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// CPU µs per request of each of the variant's `helpers`.
+    helper_us_per_request: [f64; 2],
+    /// p50 and p99 with one connection (no queueing), for the variants in [`ONE_CONNECTION`].
+    one_connection_ms: Option<(f64, f64)>,
 }
+
+/// Variants whose latency is also measured with a single connection: with several, a
+/// saturated worker queues requests and latency mostly restates CPU cost.
+const ONE_CONNECTION: [&str; 4] = ["bare", "rl-hot", "rl-global", "native-rls"];
 
 /// A ratelimit rule that never rejects (so every variant forwards every request), keyed on
 /// one fixed value or on the `x-client` header, with or without the response headers.
@@ -87,6 +107,37 @@ fn native_local_ratelimit() -> Value {
         "token_bucket": {"max_tokens": 1_000_000_000u64, "tokens_per_fill": 1_000_000_000u64, "fill_interval": "1s"},
         "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "bench_enabled"},
         "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "bench_enforced"}
+    })
+}
+
+/// The limits file of the bench's rate limit service: one limit that never runs dry.
+const BENCH_LIMITS: &str = "\
+domain: bench
+descriptors:
+  - key: rule
+    value: bench-global
+    descriptors:
+      - key: generic_key
+        rate_limit: {unit: second, requests_per_unit: 1000000}
+";
+
+/// The ratelimit filter with one global rule on one hot key, asking the bench's service.
+fn global_rule() -> Value {
+    json!({
+        "rate_limit_service": {"cluster": "ratelimit", "domain": "bench", "timeout": "1s"},
+        "rules": [{"name": "bench-global", "global": true, "key": [{"fixed": "all"}]}]
+    })
+}
+
+/// Envoy's native ratelimit filter sending the same descriptor as [`global_rule`] to the same
+/// service; the route's rate_limits come with it (see `main`).
+fn native_ratelimit() -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        "domain": "bench",
+        "timeout": "1s",
+        "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+        "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": "ratelimit"}}, "transport_api_version": "V3"}
     })
 }
 
@@ -122,6 +173,7 @@ fn main() {
         script: None,
         path: "/users/1",
         headers: vec![],
+        helpers: vec![],
         rounds: vec![],
     };
     let distinct_keys = Some(("distinct_keys.lua", &["x-client"][..]));
@@ -154,6 +206,51 @@ fn main() {
             )
         },
     ];
+
+    // Global limits: our global rule and Envoy's ratelimit filter, same service, same Redis.
+    let redis = Redis::start();
+    let service = RateLimitService::start(ServiceOptions {
+        limits: BENCH_LIMITS.into(),
+        redis_url: redis.url(),
+        redis_timeout_ms: 1000,
+    });
+    let helpers: Vec<u32> = service.pid().into_iter().chain(redis.pid()).collect();
+    let with_service = |gateway: Gateway| gateway.grpc_cluster("ratelimit", &[service.grpc_port()]);
+    variants.push(Variant {
+        helpers: helpers.clone(),
+        ..start(
+            "rl-global",
+            "+ ratelimit, one global rule (service + Redis)",
+            with_service(base()).wasm_filter("ratelimit", global_rule()),
+        )
+    });
+    let mut quiet = global_rule();
+    quiet["rules"][0]["headers"] = json!(false);
+    variants.push(Variant {
+        helpers: helpers.clone(),
+        ..start(
+            "rl-global-quiet",
+            "+ ratelimit, one global rule, no response headers",
+            with_service(base()).wasm_filter("ratelimit", quiet),
+        )
+    });
+    let native_route = json!({
+        "name": "users",
+        "match": {"prefix": "/users"},
+        "route": {"cluster": "users", "rate_limits": [{"actions": [
+            {"generic_key": {"descriptor_key": "rule", "descriptor_value": "bench-global"}},
+            {"generic_key": {"descriptor_value": "all"}}
+        ]}]}
+    });
+    variants.push(Variant {
+        helpers: helpers.clone(),
+        ..start(
+            "native-rls",
+            "+ Envoy's native ratelimit, same service",
+            with_service(Gateway::new().cluster("users", &[backend.port()]).raw_route(native_route))
+                .native_filter("envoy.filters.http.ratelimit", native_ratelimit()),
+        )
+    });
 
     // Authentication: ours and Envoy's jwt_authn on RS256 tokens.
     let tokens = BenchTokens::mint(settings.fresh_tokens);
@@ -246,12 +343,15 @@ fn main() {
         )
     });
 
+    if !settings.only.is_empty() {
+        variants.retain(|variant| settings.only.iter().any(|name| name == variant.name));
+    }
     println!(
         "bench: {} rounds x {} s per variant, wrk -t1 -c{}, Envoy --concurrency 1",
         settings.rounds, settings.seconds, settings.connections
     );
     for variant in &variants {
-        drive(&wrk, variant, 1, &settings); // warm-up
+        drive(&wrk, variant, 1, settings.connections); // warm-up
     }
     for round in 0..settings.rounds {
         for variant in &mut variants {
@@ -271,14 +371,14 @@ fn main() {
     report(&variants, &settings);
 }
 
-fn drive(wrk: &Wrk, variant: &Variant, seconds: u64, settings: &Settings) -> integration_tests::load::WrkReport {
+fn drive(wrk: &Wrk, variant: &Variant, seconds: u64, connections: u32) -> integration_tests::load::WrkReport {
     let mut headers = vec!["x-gateway-consumer: bench"];
     headers.extend(variant.headers.iter().map(String::as_str));
     wrk.run(&WrkRun {
         url: &format!("{}{}", variant.envoy.url(), variant.path),
         seconds,
         threads: 1,
-        connections: settings.connections,
+        connections,
         headers: &headers,
         script: variant.script,
     })
@@ -286,14 +386,26 @@ fn drive(wrk: &Wrk, variant: &Variant, seconds: u64, settings: &Settings) -> int
 
 fn measure(wrk: &Wrk, variant: &Variant, settings: &Settings) -> Round {
     let cpu_before = cpu_ns(variant.envoy.pid());
-    let report = drive(wrk, variant, settings.seconds, settings);
+    let helpers_before: Vec<u64> = variant.helpers.iter().map(|pid| cpu_ns(*pid)).collect();
+    let report = drive(wrk, variant, settings.seconds, settings.connections);
     let cpu_after = cpu_ns(variant.envoy.pid());
+    let per_request = |ns: u64| ns as f64 / 1000.0 / report.requests.max(1.0);
+    let mut helper_us_per_request = [0.0; 2];
+    for ((slot, pid), before) in helper_us_per_request.iter_mut().zip(&variant.helpers).zip(helpers_before) {
+        *slot = per_request(cpu_ns(*pid).saturating_sub(before));
+    }
+    let one_connection_ms = ONE_CONNECTION.contains(&variant.name).then(|| {
+        let report = drive(wrk, variant, settings.seconds, 1);
+        (report.p50_ms, report.p99_ms)
+    });
     Round {
         requests: report.requests,
-        cpu_us_per_request: (cpu_after - cpu_before) as f64 / 1000.0 / report.requests.max(1.0),
+        cpu_us_per_request: per_request(cpu_after - cpu_before),
         p50_ms: report.p50_ms,
         p99_ms: report.p99_ms,
         errors: report.errors,
+        helper_us_per_request,
+        one_connection_ms,
     }
 }
 
@@ -361,8 +473,66 @@ fn report(variants: &[Variant], settings: &Settings) {
             println!("target: {variant} adds at most {target}x what the empty filter adds: {ratio:.2}x ({verdict})");
         }
     }
+    report_global(variants, settings);
     report_cache(&others, settings);
     report_aggregation(&others, settings);
+}
+
+/// A global rule against a local one and Envoy's native ratelimit filter on the same service:
+/// what each adds to Envoy's CPU and latency, and what the service and Redis spend per request.
+fn report_global(variants: &[Variant], settings: &Settings) {
+    let one_p50 = |round: &Round| round.one_connection_ms.map_or(f64::NAN, |(p50, _)| p50);
+    let one_p99 = |round: &Round| round.one_connection_ms.map_or(f64::NAN, |(_, p99)| p99);
+    let find = |name| variants.iter().find(|variant| variant.name == name);
+    let (Some(bare), Some(noop), Some(local), Some(global), Some(native)) =
+        (find("bare"), find("noop"), find("rl-hot"), find("rl-global"), find("native-rls"))
+    else {
+        return;
+    };
+    // Per round, against bare of the same round; the median of those.
+    let added = |variant: &Variant, f: fn(&Round) -> f64| {
+        median(variant.rounds.iter().zip(&bare.rounds).map(|(r, b)| f(r) - f(b)))
+    };
+    println!();
+    println!("global limits: one hot key; the service and Redis run on the same two cores as Envoy and wrk");
+    println!();
+    println!(
+        "| variant | Envoy CPU µs/req | added over bare | p50 / p99 added ms, 1 connection | p50 / p99 added ms, {} connections | service CPU µs/req | Redis CPU µs/req |",
+        settings.connections
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for variant in [local, global, native] {
+        let helper = |index: usize| -> String {
+            if variant.helpers.len() > index {
+                format!("{:.1}", median(variant.rounds.iter().map(|r| r.helper_us_per_request[index])))
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "| {} ({}) | {:.1} | {:+.1} | {:+.3} / {:+.3} | {:+.3} / {:+.3} | {} | {} |",
+            variant.name,
+            variant.description,
+            median(variant.rounds.iter().map(|r| r.cpu_us_per_request)),
+            added(variant, |r| r.cpu_us_per_request),
+            added(variant, one_p50),
+            added(variant, one_p99),
+            added(variant, |r| r.p50_ms),
+            added(variant, |r| r.p99_ms),
+            helper(0),
+            helper(1)
+        );
+    }
+    println!();
+    let p50 = added(global, one_p50);
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    println!("target: rl-global adds at most 0.5 ms at p50 (1 connection): {p50:+.3} ms ({})", verdict(p50 <= 0.5));
+    let cpu = added(global, |r| r.cpu_us_per_request);
+    let budget = added(native, |r| r.cpu_us_per_request) + added(noop, |r| r.cpu_us_per_request);
+    println!(
+        "target: rl-global adds at most native-rls + the empty filter's CPU: {cpu:+.1} vs {budget:+.1} µs ({})",
+        verdict(cpu <= budget)
+    );
 }
 
 /// A cached GET against the same GET proxied: Envoy CPU per request and latency, side by side.

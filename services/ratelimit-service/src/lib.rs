@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::R
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
 
 /// Serves the protocol (and `grpc.health.v1`) on `grpc` and `/metrics` and `/healthz` on
 /// `admin` until `shutdown` completes.
@@ -49,7 +50,8 @@ pub async fn serve(
     let grpc_server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(RateLimitServiceServer::new(limiter))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), stopped(stop));
+        // Answers are small: without TCP_NODELAY one can wait for a delayed ACK.
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), stopped(stop));
     let (admin_result, grpc_result) = tokio::join!(admin_server, grpc_server);
     admin_result.map_err(|error| format!("admin server: {error}"))?;
     grpc_result.map_err(|error| format!("gRPC server: {error}"))

@@ -66,7 +66,14 @@ impl RedisStore {
     /// Connects lazily: the service starts (and answers UNAVAILABLE) while Redis is down, and
     /// reconnects on its own when Redis is back.
     pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|error| format!("bad Redis URL `{url}`: {error}"))?;
+        use redis::IntoConnectionInfo;
+        let bad_url = |error: redis::RedisError| format!("bad Redis URL `{url}`: {error}");
+        // Without TCP_NODELAY a small script call can wait for a delayed ACK (tens of ms).
+        let info = url
+            .into_connection_info()
+            .map_err(bad_url)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(bad_url)?;
         // Few quick reconnect attempts: a request never waits on them longer than `timeout`,
         // and the next request after a failure starts a fresh attempt.
         let config = ConnectionManagerConfig::new()
