@@ -67,3 +67,62 @@ fn compose_gateway_gets_every_module_it_loads() {
     }
     assert!(root.join("docker/Dockerfile").is_file());
 }
+
+/// The section of one service in `docker-compose config`'s resolved output.
+fn resolved_service(resolved: &str, name: &str) -> String {
+    let header = format!("  {name}:");
+    resolved
+        .lines()
+        .skip_while(|line| *line != header)
+        .skip(1)
+        .take_while(|line| line.starts_with("    "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Two gateway replicas share the global limits: both run the compose gateway on their own
+/// ports, and the rate limit service they reach runs the shipped limits against the compose
+/// Redis. Its command line is run here for real (with loopback ports) to prove it starts.
+#[test]
+fn compose_runs_two_replicas_sharing_the_rate_limit_service() {
+    let binary = paths::tool("docker-compose", "DOCKER_COMPOSE_BIN", "apt-get install docker-compose");
+    let root = paths::repo_root();
+    let output = Command::new(binary)
+        .arg("--project-directory")
+        .arg(&root)
+        .arg("-f")
+        .arg(root.join("docker-compose.yml"))
+        .arg("config")
+        .output()
+        .expect("run docker-compose");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let resolved = String::from_utf8_lossy(&output.stdout).into_owned();
+    for (replica, port) in [("envoy", "10000"), ("envoy-2", "10001")] {
+        let service = resolved_service(&resolved, replica);
+        assert!(service.contains("envoy/compose.yaml:/etc/envoy/envoy.yaml:ro"), "{replica}:\n{service}");
+        assert!(service.contains(&format!("127.0.0.1:{port}:10000/tcp")), "{replica}:\n{service}");
+        assert!(service.contains("ratelimit:\n        condition: service_started"), "{replica}:\n{service}");
+    }
+    let ratelimit = resolved_service(&resolved, "ratelimit");
+    assert!(ratelimit.contains("envoy/ratelimit/limits.yaml:/etc/ratelimit/limits.yaml:ro"), "{ratelimit}");
+    assert!(ratelimit.contains("- redis://redis:6379") && ratelimit.contains("- 0.0.0.0:8089"), "{ratelimit}");
+    assert!(resolved_service(&resolved, "redis").contains("image: redis:"));
+    let envoy_config = std::fs::read_to_string(root.join("envoy/compose.yaml")).unwrap();
+    assert!(envoy_config.contains("address: ratelimit, port_value: 8089"));
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("/src/target/release/ratelimit-service /usr/local/bin/"));
+
+    // The compose command line, with loopback ports: it loads the shipped limits and listens.
+    let mut service = Command::new(paths::service_binary("ratelimit-service"))
+        .args(["--config", "envoy/ratelimit/limits.yaml", "--grpc", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--redis", "redis://redis:6379"])
+        .current_dir(&root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ratelimit-service");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(service.stdout.take().unwrap()), &mut line).unwrap();
+    let _ = service.kill();
+    let _ = service.wait();
+    assert!(line.contains("listening on grpc://127.0.0.1:") && line.contains("domains gateway"), "{line}");
+}
