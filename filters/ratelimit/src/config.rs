@@ -295,6 +295,13 @@ fn compile(raw: RawConfig) -> Result<RateLimitConfig, ConfigError> {
     })
 }
 
+/// A `RateLimit-Policy` item: `"name";q=<quota>;w=<window in seconds>`. For a local rule the
+/// quota is the burst and the window the time to refill it; for a global rule both come from
+/// the rate limit service's answer.
+pub fn policy_item(name: &str, quota: u64, window_seconds: u64) -> String {
+    format!("\"{name}\";q={quota};w={window_seconds}")
+}
+
 fn compile_service(raw: RawService) -> Result<RateLimitService, ConfigError> {
     if raw.cluster.is_empty() {
         return Err(ConfigError::field("rate_limit_service.cluster", "must name an Envoy cluster"));
@@ -335,7 +342,8 @@ fn compile_rule(raw: RawRule, field: &str, default_failure_policy: FailurePolicy
     let scope = match (raw.global, &raw.limit) {
         (false, Some(limit)) => {
             let limit = compile_limit(limit, &format!("{field}.limit"))?;
-            Scope::Local { policy_item: crate::headers::policy_item(&raw.name, &limit), limit }
+            // A local rule's policy never changes, so its header item is made once, here.
+            Scope::Local { policy_item: policy_item(&raw.name, limit.burst, limit.refill_window_seconds()), limit }
         }
         (false, None) => return Err(ConfigError::field(format!("{field}.limit"), "a local rule needs a limit")),
         (true, Some(_)) => {

@@ -44,6 +44,13 @@ impl Limit {
         u128::from(self.period_seconds) * NANOS_PER_SECOND
     }
 
+    /// Seconds to refill the whole burst at the sustained rate, rounded up (the `w` of the
+    /// rule's `RateLimit-Policy`).
+    pub fn refill_window_seconds(&self) -> u64 {
+        let seconds = u128::from(self.burst) * u128::from(self.period_seconds);
+        u64::try_from(seconds.div_ceil(u128::from(self.requests))).unwrap_or(u64::MAX)
+    }
+
     pub fn now_ticks(&self, now_nanos: u64) -> u128 {
         u128::from(now_nanos) * u128::from(self.requests)
     }

@@ -13,8 +13,8 @@
 //! - On 429: `Retry-After` in whole seconds, rounded up so a client that waits that long is
 //!   admitted.
 
-use crate::config::{RateLimitConfig, Scope};
-use crate::gcra::{Acquire, Limit};
+use crate::config::{policy_item, RateLimitConfig, Scope};
+use crate::gcra::Acquire;
 use crate::limiter::{Check, CheckResult};
 use std::borrow::Cow;
 
@@ -44,7 +44,7 @@ pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'
             let (policy_item, limit) = match (&rule.scope, check.quota) {
                 (Scope::Local { policy_item, limit }, _) => (Cow::Borrowed(policy_item.as_str()), limit.burst),
                 (Scope::Global, Some(quota)) => {
-                    (Cow::Owned(format!("\"{}\";q={};w={}", rule.name, quota.limit, quota.window_seconds)), quota.limit)
+                    (Cow::Owned(policy_item(&rule.name, quota.limit, quota.window_seconds)), quota.limit)
                 }
                 (Scope::Global, None) => return None,
             };
@@ -70,18 +70,6 @@ pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'
         }
     }
     headers
-}
-
-/// The rule's `RateLimit-Policy` item, `"name";q=<burst>;w=<seconds to refill the burst>`: it
-/// never changes, so it is made once when the configuration is compiled.
-pub fn policy_item(name: &str, limit: &Limit) -> String {
-    format!("\"{name}\";q={};w={}", limit.burst, refill_window_seconds(limit))
-}
-
-/// Seconds to refill `burst` requests at `requests / period`, rounded up.
-fn refill_window_seconds(limit: &Limit) -> u64 {
-    let seconds = u128::from(limit.burst) * u128::from(limit.period_seconds);
-    u64::try_from(seconds.div_ceil(u128::from(limit.requests))).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
