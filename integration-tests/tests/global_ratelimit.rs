@@ -209,7 +209,31 @@ fn redis_down_applies_the_failure_policy_and_redis_back_restores_exact_limits() 
     let closed = counting.envoy(2, "300ms", "fail_closed");
     assert_exact_again(&open, "before");
 
+    // Killed mid-run: a client keeps sending (a fresh key each time) while Redis dies.
+    let url = format!("{}/api", open.url());
+    let sending = Arc::new(AtomicUsize::new(1));
+    let client = {
+        let sending = sending.clone();
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while sending.load(Ordering::Relaxed) == 1 {
+                let started = Instant::now();
+                let status = client::request("GET", &url, &[("x-key", &format!("run-{}", answers.len()))]).status;
+                answers.push((status, started.elapsed()));
+            }
+            answers
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
     counting.redis.kill();
+    std::thread::sleep(Duration::from_millis(1_000));
+    sending.store(0, Ordering::Relaxed);
+    let answers = client.join().unwrap();
+    assert!(answers.len() > 20, "{} requests", answers.len());
+    assert!(answers.iter().all(|(status, _)| *status == 200), "fail_open throughout: {answers:?}");
+    let slowest = answers.iter().map(|(_, took)| *took).max().unwrap_or_default();
+    assert!(slowest < TIMEOUT + SLACK, "every answer within the timeout: {slowest:?}");
+
     let (statuses, slowest) = timed_requests(&open, 20, "open");
     assert!(all(&statuses, 200), "fail_open lets requests through: {statuses:?}");
     assert!(slowest < TIMEOUT + SLACK, "answered within the timeout: {slowest:?}");
