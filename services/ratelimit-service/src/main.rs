@@ -65,7 +65,7 @@ fn main() -> ExitCode {
             address(&grpc, &options.grpc),
             address(&admin, &options.admin),
             domains.join(", "),
-            options.redis
+            ratelimit_service::store::redacted(&options.redis)
         );
         let metrics = Arc::new(Metrics::new(&domains));
         let limiter = RateLimiter { limits: Arc::new(limits), store, metrics };

@@ -67,7 +67,7 @@ impl RedisStore {
     /// reconnects on its own when Redis is back.
     pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, String> {
         use redis::IntoConnectionInfo;
-        let bad_url = |error: redis::RedisError| format!("bad Redis URL `{url}`: {error}");
+        let bad_url = |error: redis::RedisError| format!("bad Redis URL `{}`: {error}", redacted(url));
         // Without TCP_NODELAY a small script call can wait for a delayed ACK (tens of ms).
         let info = url
             .into_connection_info()
@@ -113,6 +113,18 @@ impl RedisStore {
             Ok(Err(error)) => Err(StoreError::Redis(error.to_string())),
             Ok(Ok(_)) => Ok(()),
         }
+    }
+}
+
+/// `url` without its password (`redis://user:***@host:6379`), for logs.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -166,6 +178,14 @@ mod tests {
         assert_eq!(parse_reply(&[], 0), Err(StoreError::Malformed));
         assert_eq!(parse_reply(&[1, 3, 0], 1), Err(StoreError::Malformed));
         assert_eq!(parse_reply(&[1, 1, -4], 1), Err(StoreError::Malformed));
+    }
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(redacted("redis://:s3cret@redis:6379"), "redis://:***@redis:6379");
+        assert_eq!(redacted("rediss://app:s3cret@redis:6379/0"), "rediss://app:***@redis:6379/0");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted("not a url"), "not a url");
     }
 
     #[test]
