@@ -81,24 +81,6 @@ impl Redis {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
-
-    /// Redis's `INFO` field (e.g. `used_cpu_user`), for the benchmark.
-    pub fn info(&self, field: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        use std::io::{Read, Write};
-        stream.write_all(b"INFO\r\n").ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        let mut reply = Vec::new();
-        let mut buffer = [0u8; 16_384];
-        while let Ok(read) = stream.read(&mut buffer) {
-            reply.extend_from_slice(buffer.get(..read)?);
-            if read == 0 || reply.ends_with(b"\r\n\r\n") || String::from_utf8_lossy(&reply).contains("# Keyspace") {
-                break;
-            }
-        }
-        let text = String::from_utf8_lossy(&reply).into_owned();
-        text.lines().find_map(|line| line.strip_prefix(&format!("{field}:")).map(|value| value.trim().to_string()))
-    }
 }
 
 impl Drop for Redis {

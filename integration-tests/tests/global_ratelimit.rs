@@ -5,6 +5,7 @@ use integration_tests::backend::Backend;
 use integration_tests::client::{self, Response};
 use integration_tests::envoy::Envoy;
 use integration_tests::gateway::Gateway;
+use integration_tests::rate_limit_headers::{params, rate_limit_field};
 use integration_tests::rls::{RateLimitService, Redis, ServiceOptions};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -362,25 +363,6 @@ fn envoys_native_ratelimit_filter_makes_the_same_decisions_on_the_same_counts() 
     assert_eq!(response.header("x-ratelimit-remaining"), Some("6"));
     let ours = rate_limit_field(get(&wasm, &[("x-key", "headers")]).header("ratelimit").expect("RateLimit"));
     assert_eq!(ours["per-key"]["r"], 5, "the second request of the key, through the other filter");
-}
-
-/// Parses a structured-field List of `"name";param=int` items into name -> params.
-fn rate_limit_field(value: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
-    let list = sfv::Parser::parse_list(value.as_bytes()).unwrap_or_else(|e| panic!("`{value}` is not an SF List: {e}"));
-    list.into_iter()
-        .map(|entry| match entry {
-            sfv::ListEntry::Item(item) => {
-                let name = item.bare_item.as_str().unwrap_or_else(|| panic!("`{value}`: not a String")).to_string();
-                let params = item.params.iter().map(|(key, value)| (key.clone(), value.as_int().unwrap())).collect();
-                (name, params)
-            }
-            sfv::ListEntry::InnerList(_) => panic!("`{value}`: unexpected inner list"),
-        })
-        .collect()
-}
-
-fn params(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
-    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
 /// A gRPC server that answers every call with status OK and bytes that are not a protobuf

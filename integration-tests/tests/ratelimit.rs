@@ -4,6 +4,7 @@ use integration_tests::backend::Backend;
 use integration_tests::client::{self, Response};
 use integration_tests::envoy::Envoy;
 use integration_tests::gateway::Gateway;
+use integration_tests::rate_limit_headers::{params, rate_limit_field};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
@@ -61,26 +62,6 @@ fn burst(envoy: &Envoy, threads: usize, per_thread: usize, headers: &[(&str, &st
         }
     }
     counts
-}
-
-/// Parses a structured-field List of `"name";param=int` items into name -> params.
-fn rate_limit_field(value: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
-    let list = sfv::Parser::parse_list(value.as_bytes()).unwrap_or_else(|e| panic!("`{value}` is not an SF List: {e}"));
-    list.into_iter()
-        .map(|entry| match entry {
-            sfv::ListEntry::Item(item) => {
-                let name =
-                    item.bare_item.as_str().unwrap_or_else(|| panic!("`{value}`: name is not a String")).to_string();
-                let params = item.params.iter().map(|(key, value)| (key.clone(), value.as_int().unwrap())).collect();
-                (name, params)
-            }
-            sfv::ListEntry::InnerList(_) => panic!("`{value}`: unexpected inner list"),
-        })
-        .collect()
-}
-
-fn params(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
-    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
 #[test]

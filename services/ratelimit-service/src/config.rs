@@ -114,8 +114,16 @@ impl Limit {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Node {
     limit: Option<Limit>,
-    /// Children by `(key, Some(value))` or `(key, None)` for "any value".
-    children: HashMap<(String, Option<String>), Node>,
+    /// The next level, by entry key (looked up by `&str`: no allocation per request).
+    children: HashMap<String, Children>,
+}
+
+/// The nodes under one entry key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Children {
+    by_value: HashMap<String, Node>,
+    /// The node for any other value.
+    any_value: Option<Node>,
 }
 
 /// Every domain's descriptor tree.
@@ -154,10 +162,8 @@ impl Limits {
     pub fn find(&self, domain: &str, entries: &[(String, String)]) -> Option<Limit> {
         let mut node = self.domains.get(domain)?;
         for (key, value) in entries {
-            node = node
-                .children
-                .get(&(key.clone(), Some(value.clone())))
-                .or_else(|| node.children.get(&(key.clone(), None)))?;
+            let children = node.children.get(key)?;
+            node = children.by_value.get(value).or(children.any_value.as_ref())?;
         }
         node.limit
     }
@@ -186,13 +192,16 @@ fn compile_level(
             node.limit = Some(compile_limit(&rate_limit, &format!("{field}.rate_limit"), at)?);
         }
         compile_level(&mut node, raw.descriptors, &format!("{field}.descriptors"), at)?;
-        let id = (raw.key, raw.value);
-        if parent.children.contains_key(&id) {
-            let (key, value) = &id;
-            let what = value.as_ref().map_or(format!("key `{key}` without a value"), |v| format!("`{key}: {v}`"));
+        let children = parent.children.entry(raw.key.clone()).or_default();
+        let taken = match &raw.value {
+            Some(value) => children.by_value.insert(value.clone(), node).is_some(),
+            None => children.any_value.replace(node).is_some(),
+        };
+        if taken {
+            let key = &raw.key;
+            let what = raw.value.map_or(format!("key `{key}` without a value"), |value| format!("`{key}: {value}`"));
             return Err(ConfigError { field: at(&field), message: format!("{what} appears twice at this level") });
         }
-        parent.children.insert(id, node);
     }
     Ok(())
 }
