@@ -7,7 +7,10 @@ ENVOY_VERSION := 1.40.0
 export ENVOY_VERSION
 
 WASM_TARGET := wasm32-wasip1
-FILTER_CRATES := -p metrics-filter -p ratelimit-filter -p aggregate-filter -p auth-filter
+# The modules: each filter alone (metrics.wasm, …) and the bundle of all four (gateway.wasm).
+MODULE_CRATES := -p metrics-module -p ratelimit-module -p aggregate-module -p auth-module -p gateway-bundle
+# The filters' logic and the host adapter, also linted for the wasm target.
+FILTER_CRATES := -p metrics-filter -p ratelimit-filter -p aggregate-filter -p auth-filter -p gateway-host
 # The benchmark's instruments (bench/): built and linted with the filters.
 BENCH_CRATES := -p noop-filter -p read-probe
 
@@ -22,9 +25,11 @@ test:
 	@scripts/setup.sh test
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy --target $(WASM_TARGET) $(FILTER_CRATES) $(BENCH_CRATES) -p gateway-common -- -D warnings
+	cargo clippy --target $(WASM_TARGET) $(MODULE_CRATES) $(FILTER_CRATES) $(BENCH_CRATES) -p gateway-common -- -D warnings
 	@$(MAKE) --no-print-directory wasm services
 	cargo test --workspace
+	# The same integration tests again with the bundle (gateway.wasm) in place of the four modules.
+	GATEWAY_FORM=bundle cargo test -p integration-tests
 
 bench:
 	@scripts/setup.sh bench
@@ -36,7 +41,7 @@ setup:
 	@scripts/setup.sh all
 
 wasm:
-	cargo build --release --target $(WASM_TARGET) $(FILTER_CRATES) $(BENCH_CRATES)
+	cargo build --release --target $(WASM_TARGET) $(MODULE_CRATES) $(BENCH_CRATES)
 
 # The rate limit service, which the tests and the benchmark run as a process (as users do).
 services:

@@ -37,6 +37,7 @@ impl Envoy {
         let config_path = scratch.path().join("envoy.yaml");
         let admin_path = scratch.path().join("admin-address");
         let log_path = scratch.path().join("envoy.log");
+        let config = crate::form::apply(config);
         std::fs::write(&config_path, config).map_err(|e| format!("cannot write config: {e}"))?;
         let log = std::fs::File::create(&log_path).map_err(|e| format!("cannot create log: {e}"))?;
         let child = process::spawn_tied(

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod client;
 pub mod demo;
 pub mod envoy;
+pub mod form;
 pub mod gateway;
 pub mod load;
 pub mod paths;

@@ -1,66 +1,41 @@
 //! One request against the rules: which requirement applies, which credentials it finds, and
-//! what the filter does (let the request on with identity headers, or answer 401/403). No
-//! proxy-wasm import: the request is seen through [`RequestFacts`].
+//! what the filter does (let the request on with identity headers, or answer 401/403). The
+//! request is seen through [`RequestFacts`].
 
 use crate::config::{ApiKeySource, AuthConfig, Provider, Requirement, TokenSource};
 use crate::jwt::{self, claim, Rejection};
 use crate::keyring::KeyRing;
-use gateway_common::request_match::MatchFacts;
+use gateway_common::request_match::RequestMatch;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::cell::{OnceCell, RefCell};
 
-pub trait RequestFacts {
-    /// A request header by lower-case name, pseudo-headers included.
-    fn header(&self, name: &str) -> Option<String>;
-    /// Envoy's route name.
-    fn route_name(&self) -> Option<String>;
-}
+pub use gateway_common::request::RequestFacts;
 
-/// The request, each fact read from the host only when something needs it and at most once
-/// (each read is a host call; several providers may look at the same header).
+/// The request as text (credentials and claims are ASCII; anything else cannot be a valid
+/// one). The facts behind it are read from the host at most once each.
 struct Lazy<'a> {
-    facts: &'a dyn RequestFacts,
+    facts: RefCell<&'a mut dyn RequestFacts>,
     method: OnceCell<String>,
     path: OnceCell<String>,
-    route: OnceCell<Option<String>>,
-    headers: RefCell<Vec<(String, Option<String>)>>,
 }
 
 impl Lazy<'_> {
     fn method(&self) -> &str {
-        self.method.get_or_init(|| self.facts.header(":method").unwrap_or_default())
+        self.method.get_or_init(|| self.header(":method").unwrap_or_default())
     }
 
     fn path(&self) -> &str {
-        self.path.get_or_init(|| self.facts.header(":path").unwrap_or_default())
+        self.path.get_or_init(|| self.header(":path").unwrap_or_default())
     }
 
     fn header(&self, name: &str) -> Option<String> {
-        let mut headers = self.headers.borrow_mut();
-        if let Some((_, value)) = headers.iter().find(|(known, _)| known == name) {
-            return value.clone();
-        }
-        let value = self.facts.header(name);
-        headers.push((name.to_string(), value.clone()));
-        value
-    }
-}
-
-/// The shared rule matcher's view of the request.
-struct MatchView<'l, 'a>(&'l Lazy<'a>);
-
-impl MatchFacts for MatchView<'_, '_> {
-    fn method(&mut self) -> Option<&str> {
-        Some(self.0.method())
+        let mut facts = self.facts.borrow_mut();
+        facts.header(name).and_then(|bytes| std::str::from_utf8(bytes).ok()).map(str::to_string)
     }
 
-    fn path(&mut self) -> Option<&str> {
-        Some(self.0.path())
-    }
-
-    fn route(&mut self) -> Option<&str> {
-        self.0.route.get_or_init(|| self.0.facts.route_name()).as_deref()
+    fn matches(&self, matcher: &RequestMatch) -> bool {
+        matcher.matches(&mut **self.facts.borrow_mut())
     }
 }
 
@@ -98,6 +73,8 @@ enum Check {
     Forbidden(String),
     /// The filter cannot judge the token (no clock): refuse, never guess.
     Unavailable(&'static str),
+    /// The client failed too often (the brute-force guard): refused without verification.
+    Throttled,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -115,24 +92,24 @@ enum Credential {
     Cookie,
 }
 
+/// The `error` of the 429 a client locked out by the brute-force guard gets.
+pub const THROTTLED: &str = "too_many_failed_authentications";
+
 /// The providers whose key set should be looked at again: a token named a `kid` they lack, or
 /// they have no keys.
 pub type Refetch = Vec<usize>;
 
+/// `locked`: the client is locked out by the brute-force guard, so credentials this worker
+/// has not verified before are refused (429) without verifying them.
 pub fn decide(
     config: &AuthConfig,
     ring: &mut KeyRing,
-    request: &dyn RequestFacts,
+    request: &mut dyn RequestFacts,
     now_seconds: Option<u64>,
+    locked: bool,
     refetch: &mut Refetch,
 ) -> Decision {
-    let request = &Lazy {
-        facts: request,
-        method: OnceCell::new(),
-        path: OnceCell::new(),
-        route: OnceCell::new(),
-        headers: RefCell::new(Vec::new()),
-    };
+    let request = &Lazy { facts: RefCell::new(request), method: OnceCell::new(), path: OnceCell::new() };
     if config.allow_cors_preflight
         && request.method() == "OPTIONS"
         && request.header("origin").is_some()
@@ -140,7 +117,7 @@ pub fn decide(
     {
         return Decision::Allow(Changes::default());
     }
-    let Some(rule) = config.rules.iter().find(|rule| rule.matcher.matches(&mut MatchView(request))) else {
+    let Some(rule) = config.rules.iter().find(|rule| request.matches(&rule.matcher)) else {
         return Decision::Deny(Denial {
             status: 403,
             www_authenticate: None,
@@ -149,7 +126,7 @@ pub fn decide(
         });
     };
     let Some(requirement) = &rule.requires else { return Decision::Allow(Changes::default()) };
-    let mut context = Context { config, ring, request, now: now_seconds, refetch };
+    let mut context = Context { config, ring, request, now: now_seconds, locked, refetch };
     match check(requirement, &mut context) {
         Check::Ok(identity) => Decision::Allow(changes(config, identity, request)),
         Check::Missing => Decision::Deny(Denial {
@@ -166,6 +143,12 @@ pub fn decide(
             )),
             error: "invalid_token",
             message: description.to_string(),
+        }),
+        Check::Throttled => Decision::Deny(Denial {
+            status: 429,
+            www_authenticate: None,
+            error: THROTTLED,
+            message: "too many failed authentications from this client; retry later".into(),
         }),
         Check::Unavailable(description) => Decision::Deny(Denial {
             status: 503,
@@ -193,12 +176,17 @@ struct Context<'a> {
     request: &'a Lazy<'a>,
     /// Seconds since the epoch; `None` when the host's clock cannot be read.
     now: Option<u64>,
+    locked: bool,
     refetch: &'a mut Refetch,
 }
 
 fn check(requirement: &Requirement, context: &mut Context) -> Check {
     match requirement {
         Requirement::Provider(index) => check_provider(*index, context),
+        Requirement::ApiKey if context.locked => match api_key(context.config, context.request) {
+            Some(_) => Check::Throttled,
+            None => Check::Missing,
+        },
         Requirement::ApiKey => check_api_key(context.config, context.request),
         Requirement::Any(list) => {
             // The first that passes wins, and the rest are not checked at all; if none passes,
@@ -208,9 +196,10 @@ fn check(requirement: &Requirement, context: &mut Context) -> Check {
             for requirement in list {
                 match check(requirement, context) {
                     ok @ Check::Ok(_) => return ok,
-                    unavailable @ Check::Unavailable(_) => failure = unavailable,
+                    Check::Throttled => failure = Check::Throttled,
+                    unavailable @ Check::Unavailable(_) if failure != Check::Throttled => failure = unavailable,
                     forbidden @ Check::Forbidden(_)
-                        if !matches!(failure, Check::Forbidden(_) | Check::Unavailable(_)) =>
+                        if !matches!(failure, Check::Forbidden(_) | Check::Unavailable(_) | Check::Throttled) =>
                     {
                         failure = forbidden
                     }
@@ -252,6 +241,7 @@ fn check_provider(index: usize, context: &mut Context) -> Check {
     };
     let verified = match context.ring.cached(index, &token, now) {
         Some(verified) => verified,
+        None if context.locked => return Check::Throttled,
         None => match jwt::verify(&token, provider, context.ring.keys(index), now) {
             Ok(verified) => {
                 let exp = verified.claims.get("exp").and_then(serde_json::Value::as_f64).map(|exp| exp as u64);
@@ -341,18 +331,22 @@ fn find_token(provider: &Provider, request: &Lazy) -> Option<(String, Credential
     })
 }
 
+/// The API key the request presents, and where.
+fn api_key(config: &AuthConfig, request: &Lazy) -> Option<(String, Credential)> {
+    match &config.api_keys.as_ref()?.source {
+        ApiKeySource::Header(name) => request
+            .header(name)
+            .filter(|value| !value.is_empty())
+            .map(|value| (value, Credential::Header(name.clone()))),
+        ApiKeySource::Param(name) => {
+            query_param(request.path(), name).map(|value| (value, Credential::Param(name.clone())))
+        }
+    }
+}
+
 fn check_api_key(config: &AuthConfig, request: &Lazy) -> Check {
     let Some(keys) = &config.api_keys else { return Check::Invalid("API keys are not configured") };
-    let (presented, credential) = match &keys.source {
-        ApiKeySource::Header(name) => match request.header(name) {
-            Some(value) if !value.is_empty() => (value, Credential::Header(name.clone())),
-            _ => return Check::Missing,
-        },
-        ApiKeySource::Param(name) => match query_param(request.path(), name) {
-            Some(value) => (value, Credential::Param(name.clone())),
-            None => return Check::Missing,
-        },
-    };
+    let Some((presented, credential)) = api_key(config, request) else { return Check::Missing };
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     // Every digest is compared in full, so timing does not tell how close a guess came.
     let mut found = None;

@@ -1,6 +1,7 @@
 //! The auth filter's configuration: JSON in Envoy's `configuration` field, compiled once into
 //! [`AuthConfig`]. Field names follow Envoy's `jwt_authn` where the concept is the same.
 
+use crate::guard::GuardSettings;
 use crate::jwks::{self, Key};
 use gateway_common::config::{header_name, parse_json, ConfigError};
 use gateway_common::duration::parse_duration;
@@ -30,7 +31,15 @@ struct RawConfig {
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
     api_keys: Option<RawApiKeys>,
+    brute_force_guard: Option<RawGuard>,
     rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    max_failures: u32,
+    window: String,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +161,17 @@ fn default_realm() -> String {
 fn default_clock_skew() -> u64 {
     60
 }
+fn compile_guard(raw: RawGuard) -> Result<GuardSettings, ConfigError> {
+    if !(1..=1_000_000).contains(&raw.max_failures) {
+        return Err(ConfigError::field("brute_force_guard.max_failures", "must be between 1 and 1000000"));
+    }
+    let window = parse_duration(&raw.window).map_err(|e| ConfigError::field("brute_force_guard.window", e))?;
+    if window < Duration::from_secs(1) || window > Duration::from_secs(86_400) {
+        return Err(ConfigError::field("brute_force_guard.window", "must be between 1s and 1d"));
+    }
+    Ok(GuardSettings { max_failures: raw.max_failures, window })
+}
+
 fn default_consumer_claim() -> String {
     "sub".to_string()
 }
@@ -166,6 +186,9 @@ pub struct AuthConfig {
     pub access_log_fields: bool,
     pub providers: Vec<Provider>,
     pub api_keys: Option<ApiKeys>,
+    /// Failed authentications allowed per client and window before its credentials are refused
+    /// unverified (see [`crate::guard`]).
+    pub brute_force_guard: Option<GuardSettings>,
     pub rules: Vec<Rule>,
     /// Every header this filter sets (consumer, claim headers, payload headers): removed from
     /// every request first, so a client can never supply them.
@@ -292,6 +315,7 @@ impl AuthConfig {
             providers.push(provider);
         }
         let api_keys = raw.api_keys.map(|keys| compile_api_keys(keys, "api_keys")).transpose()?;
+        let brute_force_guard = raw.brute_force_guard.map(compile_guard).transpose()?;
         if raw.rules.is_empty() {
             return Err(ConfigError::field(
                 "rules",
@@ -322,6 +346,7 @@ impl AuthConfig {
             access_log_fields: raw.access_log_fields,
             providers,
             api_keys,
+            brute_force_guard,
             rules,
             owned_headers,
         })

@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
-use auth::authenticate::{decide, Decision, RequestFacts};
-use auth::config::AuthConfig;
-use auth::keyring::KeyRing;
+use auth_filter::authenticate::{decide, Decision, RequestFacts};
+use auth_filter::config::AuthConfig;
+use auth_filter::keyring::KeyRing;
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -84,13 +84,14 @@ fn config(provider: Value) -> AuthConfig {
     AuthConfig::parse(config.to_string().as_bytes()).unwrap()
 }
 
+#[derive(Clone)]
 struct Request(HashMap<String, String>);
 
 impl RequestFacts for Request {
-    fn header(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
+    fn header(&mut self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(String::as_bytes)
     }
-    fn route_name(&self) -> Option<String> {
+    fn property(&mut self, _: &[&str]) -> Option<&[u8]> {
         None
     }
 }
@@ -105,7 +106,7 @@ fn bearer(token: &str) -> Request {
 
 /// One request with a fresh key ring (so nothing comes from the cache).
 fn run(config: &AuthConfig, request: &Request) -> Decision {
-    decide(config, &mut KeyRing::new(config), request, Some(NOW), &mut Vec::new())
+    decide(config, &mut KeyRing::new(config), &mut request.clone(), Some(NOW), false, &mut Vec::new())
 }
 
 /// The status the filter answers (200 for "let through").
@@ -391,7 +392,7 @@ fn verified_tokens_are_cached_until_they_expire_or_the_keys_change() {
     claims["exp"] = json!(NOW + 100);
     let request = bearer(&mint(Algorithm::RS256, &claims));
     let allowed = |ring: &mut KeyRing, now: u64| {
-        matches!(decide(&config, ring, &request, Some(now), &mut Vec::new()), Decision::Allow(_))
+        matches!(decide(&config, ring, &mut request.clone(), Some(now), false, &mut Vec::new()), Decision::Allow(_))
     };
     assert!(allowed(&mut ring, NOW));
     assert_eq!(ring.cached_tokens(), 1);
@@ -410,7 +411,7 @@ fn an_unknown_kid_asks_for_a_refetch() {
     header.kid = Some("rotated-2".into());
     let token = encode(&header, &claims(), &signing_key(Algorithm::RS256)).unwrap();
     let mut refetch = Vec::new();
-    let decision = decide(&config, &mut KeyRing::new(&config), &bearer(&token), Some(NOW), &mut refetch);
+    let decision = decide(&config, &mut KeyRing::new(&config), &mut bearer(&token), Some(NOW), false, &mut refetch);
     assert!(matches!(decision, Decision::Deny(ref denial) if denial.status == 401));
     assert_eq!(refetch, [0]);
 }
@@ -451,7 +452,7 @@ fn without_a_clock_tokens_are_refused_not_guessed() {
     let mut expired_claims = claims();
     expired_claims["exp"] = json!(NOW - 3600);
     for token in [mint(Algorithm::RS256, &expired_claims), mint(Algorithm::RS256, &claims())] {
-        match decide(&config, &mut KeyRing::new(&config), &bearer(&token), None, &mut Vec::new()) {
+        match decide(&config, &mut KeyRing::new(&config), &mut bearer(&token), None, false, &mut Vec::new()) {
             Decision::Deny(denial) => {
                 assert_eq!((denial.status, denial.error), (503, "auth_unavailable"));
                 assert!(denial.message.contains("clock"), "{}", denial.message);
@@ -459,12 +460,12 @@ fn without_a_clock_tokens_are_refused_not_guessed() {
             Decision::Allow(_) => panic!("a token passed without a clock"),
         }
     }
-    let public = auth::config::AuthConfig::parse(
+    let public = auth_filter::config::AuthConfig::parse(
         json!({"providers": {}, "rules": [{"match": {"path": {"prefix": "/"}}}]}).to_string().as_bytes(),
     )
     .unwrap();
     assert!(matches!(
-        decide(&public, &mut KeyRing::new(&public), &bearer("x"), None, &mut Vec::new()),
+        decide(&public, &mut KeyRing::new(&public), &mut bearer("x"), None, false, &mut Vec::new()),
         Decision::Allow(_)
     ));
 }

@@ -1,7 +1,9 @@
 //! Shared pieces of the gateway filters.
 //!
-//! Everything here except [`host`] is plain Rust with no proxy-wasm import, so it is
-//! unit-tested natively; [`host`] binds the traits to the real proxy-wasm host calls.
+//! Plain Rust with no proxy-wasm dependency (the crate graph enforces it), unit-tested
+//! natively: the one [`host::Host`] trait every filter talks to Envoy through, the per-request
+//! view ([`request`]), the [`stage`] interface a module runs, and the pieces filters share.
+//! `gateway-host` implements the host trait with the real proxy-wasm calls.
 
 /// The request header that carries the consumer identity: set by the auth filter (after
 /// removing any client-supplied copy), read by metrics and ratelimit.
@@ -28,12 +30,15 @@ pub mod log_fields {
 
 pub mod client_ip;
 pub mod config;
+pub mod counter;
 pub mod duration;
 pub mod host;
 pub mod path_match;
+pub mod request;
 pub mod request_match;
 pub mod response;
 pub mod shared;
+pub mod stage;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

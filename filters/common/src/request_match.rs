@@ -3,6 +3,7 @@
 
 use crate::config::ConfigError;
 use crate::path_match::{PathMatch, RawPathMatch};
+use crate::request::{RequestFacts, RequestText};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestMatch {
@@ -11,14 +12,6 @@ pub struct RequestMatch {
     pub methods: Vec<String>,
     /// Envoy's route name.
     pub route: Option<String>,
-}
-
-/// What a match may look at.
-pub trait MatchFacts {
-    fn method(&mut self) -> Option<&str>;
-    /// `:path`, with its query string.
-    fn path(&mut self) -> Option<&str>;
-    fn route(&mut self) -> Option<&str>;
 }
 
 impl RequestMatch {
@@ -38,7 +31,7 @@ impl RequestMatch {
         Ok(RequestMatch { path, methods, route })
     }
 
-    pub fn matches(&self, facts: &mut dyn MatchFacts) -> bool {
+    pub fn matches(&self, facts: &mut dyn RequestFacts) -> bool {
         if !self.methods.is_empty() {
             let method = facts.method().unwrap_or_default();
             if !self.methods.iter().any(|allowed| allowed == method) {
@@ -71,30 +64,15 @@ pub fn method_name(text: &str, field: &str) -> Result<String, ConfigError> {
 mod tests {
     use super::*;
 
-    struct Facts {
-        method: &'static str,
-        path: &'static str,
-        route: Option<&'static str>,
-        asked: Vec<&'static str>,
-    }
+    use crate::request::ROUTE_NAME;
+    use crate::testing::FakeRequest;
 
-    impl MatchFacts for Facts {
-        fn method(&mut self) -> Option<&str> {
-            self.asked.push("method");
-            Some(self.method)
+    fn facts(method: &str, path: &str, route: Option<&str>) -> FakeRequest {
+        let request = FakeRequest::default().header(":method", method).header(":path", path);
+        match route {
+            Some(route) => request.property(&ROUTE_NAME, route),
+            None => request,
         }
-        fn path(&mut self) -> Option<&str> {
-            self.asked.push("path");
-            Some(self.path)
-        }
-        fn route(&mut self) -> Option<&str> {
-            self.asked.push("route");
-            self.route
-        }
-    }
-
-    fn facts(method: &'static str, path: &'static str, route: Option<&'static str>) -> Facts {
-        Facts { method, path, route, asked: vec![] }
     }
 
     #[test]

@@ -12,8 +12,8 @@
 
 use gateway_common::shared::{SharedStore, StoreError, Versioned};
 use gateway_common::testing::MemoryStore;
-use ratelimit::config::RateLimitConfig;
-use ratelimit::limiter::{create_table, evaluate, CheckResult, RequestFacts, Verdict};
+use ratelimit_filter::config::RateLimitConfig;
+use ratelimit_filter::limiter::{create_table, evaluate, CheckResult, RequestFacts, Verdict};
 use serde_json::json;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -113,14 +113,11 @@ impl SharedStore for ScheduledStore {
 struct Request;
 
 impl RequestFacts for Request {
-    fn header(&mut self, _: &str) -> Option<Vec<u8>> {
+    fn header(&mut self, _: &str) -> Option<&[u8]> {
         None
     }
-    fn route_name(&mut self) -> Option<Vec<u8>> {
-        None
-    }
-    fn peer_address(&mut self) -> Option<Vec<u8>> {
-        Some(b"10.0.0.1:5000".to_vec())
+    fn property(&mut self, path: &[&str]) -> Option<&[u8]> {
+        (path == ["source", "address"]).then_some(&b"10.0.0.1:5000"[..])
     }
 }
 
@@ -200,7 +197,7 @@ fn explore(burst: u64, workers: usize, precreate: bool, mut check: impl FnMut(us
 /// The bucket's stored TAT must account for exactly the admitted requests.
 fn stored_requests(store: &ScheduledStore) -> u64 {
     let config = config(1);
-    let group = store.inner.get(&ratelimit::table::group_key(config.groups, 0)).unwrap().unwrap().value;
+    let group = store.inner.get(&ratelimit_filter::table::group_key(config.groups, 0)).unwrap().unwrap().value;
     if group.is_empty() {
         return 0;
     }

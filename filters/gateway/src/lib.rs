@@ -1,0 +1,84 @@
+//! `gateway.wasm`: the bundle. One Envoy filter that runs the configured stages in the order
+//! of the documented chain (metrics, auth, ratelimit, aggregate) in one context, so a request
+//! pays one VM context and one set of callbacks instead of four, every request fact is read
+//! once for all stages, and the consumer that auth establishes reaches metrics and ratelimit
+//! without a header read. Each section of its configuration is exactly the configuration of
+//! the separate filter of that name, and runs the same code.
+
+use gateway_common::host::Host;
+use gateway_common::stage::{Stage, StageBuilder};
+use serde::Deserialize;
+use serde_json::Value;
+
+gateway_host::module!("gateway", stages);
+
+/// The bundle's configuration: one optional section per filter.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BundleConfig {
+    metrics: Option<Value>,
+    auth: Option<Value>,
+    ratelimit: Option<Value>,
+    aggregate: Option<Value>,
+}
+
+/// The stages the configuration names, in chain order; an error names the section and field.
+pub fn stages(configuration: &[u8], host: &dyn Host) -> Result<Vec<Box<dyn Stage>>, String> {
+    let config: BundleConfig = if configuration.iter().all(u8::is_ascii_whitespace) {
+        BundleConfig::default()
+    } else {
+        serde_json::from_slice(configuration).map_err(|error| format!("invalid configuration: {error}"))?
+    };
+    let sections: [(&str, Option<Value>, StageBuilder); 4] = [
+        ("metrics", config.metrics, metrics_filter::stage::build),
+        ("auth", config.auth, auth_filter::stage::build),
+        ("ratelimit", config.ratelimit, ratelimit_filter::stage::build),
+        ("aggregate", config.aggregate, aggregate_filter::stage::build),
+    ];
+    let mut stages = Vec::new();
+    for (name, section, build) in sections {
+        let Some(section) = section else { continue };
+        let stage = build(section.to_string().as_bytes(), host).map_err(|error| format!("{name}: {error}"))?;
+        stages.push(stage);
+    }
+    if stages.is_empty() {
+        return Err(
+            "the configuration names no stage: give at least one of `metrics`, `auth`, `ratelimit`, `aggregate`".into(),
+        );
+    }
+    Ok(stages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_common::testing::FakeHost;
+
+    fn error(configuration: &str) -> String {
+        match stages(configuration.as_bytes(), &FakeHost::default()) {
+            Ok(_) => panic!("{configuration} was accepted"),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn sections_are_the_separate_filters_configurations() {
+        let host = FakeHost::default();
+        let rule = r#"{"name": "per-ip", "key": ["client_ip"], "limit": {"requests": 5, "per": "second"}}"#;
+        let config = format!(r#"{{"metrics": {{}}, "ratelimit": {{"rules": [{rule}]}}}}"#);
+        assert_eq!(stages(config.as_bytes(), &host).unwrap().len(), 2);
+        assert!(
+            error(r#"{"aggregate": {"endpoints": []}}"#).starts_with("aggregate: invalid configuration at `endpoints`")
+        );
+        assert!(error(r#"{"metrics": {"labels": 1}}"#).starts_with("metrics: invalid configuration at `labels`"));
+        assert!(error(r#"{"ratelimit": {"rules": [{"name": "a"}]}}"#).starts_with("ratelimit: "));
+    }
+
+    #[test]
+    fn unknown_sections_and_an_empty_bundle_are_refused() {
+        assert!(error(r#"{"metric": {}}"#).contains("unknown field `metric`"));
+        assert!(error("").contains("names no stage"));
+        assert!(error("{}").contains("names no stage"));
+        assert!(error("[").starts_with("invalid configuration"));
+    }
+}

@@ -1,0 +1,160 @@
+//! [`Host`] on the real proxy-wasm host. It calls the `Result`-returning host functions, never
+//! the SDK helpers that unwrap internally, and counts every call it makes (the benchmark prints
+//! the count per request: each call crosses the VM boundary).
+
+use gateway_common::host::{HeaderMap, Host, HostError, MetricKind};
+use gateway_common::shared::{SharedStore, StoreError, Versioned};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
+use std::cell::Cell;
+use std::time::{Duration, UNIX_EPOCH};
+
+thread_local! {
+    /// Host calls made since the last [`take_host_calls`] (a VM is single-threaded).
+    static HOST_CALLS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn counted() {
+    HOST_CALLS.with(|calls| calls.set(calls.get().wrapping_add(1)));
+}
+
+/// The host calls made since the last time this was asked.
+pub(crate) fn take_host_calls() -> u64 {
+    HOST_CALLS.with(|calls| calls.replace(0))
+}
+
+/// The host of the current context (whichever Envoy's callback made current).
+pub struct ProxyHost;
+
+fn map_type(map: HeaderMap) -> MapType {
+    match map {
+        HeaderMap::Request => MapType::HttpRequestHeaders,
+        HeaderMap::Response => MapType::HttpResponseHeaders,
+        HeaderMap::CallResponse => MapType::HttpCallResponseHeaders,
+    }
+}
+
+fn failed(status: Status) -> HostError {
+    format!("{status:?}")
+}
+
+impl Host for ProxyHost {
+    fn header(&self, map: HeaderMap, name: &str) -> Option<Vec<u8>> {
+        counted();
+        hostcalls::get_map_value_bytes(map_type(map), name).ok().flatten()
+    }
+
+    fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> Result<(), HostError> {
+        counted();
+        hostcalls::set_map_value(map_type(map), name, value).map_err(failed)
+    }
+
+    fn add_header(&self, map: HeaderMap, name: &str, value: &str) -> Result<(), HostError> {
+        counted();
+        hostcalls::add_map_value(map_type(map), name, value).map_err(failed)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        counted();
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), HostError> {
+        counted();
+        hostcalls::set_property(path.to_vec(), Some(value)).map_err(failed)
+    }
+
+    fn now_nanos(&self) -> Option<u64> {
+        counted();
+        let now = hostcalls::get_current_time().ok()?;
+        u64::try_from(now.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()
+    }
+
+    fn shared_data(&self) -> &dyn SharedStore {
+        &HostSharedData
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+        counted();
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        hostcalls::define_metric(kind, name).ok()
+    }
+
+    fn increment_metric(&self, id: u32, by: u64) -> Result<(), HostError> {
+        counted();
+        hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX)).map_err(failed)
+    }
+
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
+        counted();
+        hostcalls::record_metric(id, value).map_err(failed)
+    }
+
+    fn send_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+        counted();
+        hostcalls::send_http_response(status, headers.to_vec(), Some(body)).map_err(failed)
+    }
+
+    fn http_call(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u32, HostError> {
+        counted();
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout).map_err(failed)
+    }
+
+    fn grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        counted();
+        hostcalls::dispatch_grpc_call(cluster, service, method, Vec::new(), Some(message), timeout).map_err(failed)
+    }
+
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        counted();
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size).ok().flatten()
+    }
+
+    fn grpc_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        counted();
+        hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten()
+    }
+}
+
+/// The VM's shared data, common to all worker threads that run this VM id.
+pub struct HostSharedData;
+
+impl SharedStore for HostSharedData {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        counted();
+        match hostcalls::get_shared_data(key) {
+            Ok((value, Some(cas))) => Ok(Some(Versioned { value: value.unwrap_or_default(), cas })),
+            // The SDK reports an empty stored value as `None`; only a missing CAS means "no key".
+            Ok((Some(value), None)) => Ok(Some(Versioned { value, cas: 0 })),
+            Ok((None, None)) => Ok(None),
+            Err(status) => Err(StoreError::Host(format!("{status:?}"))),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        counted();
+        let cas = if cas == 0 { None } else { Some(cas) };
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(status) => Err(StoreError::Host(format!("{status:?}"))),
+        }
+    }
+}
+
+/// The plugin's `configuration` bytes (empty when Envoy passes none).
+pub(crate) fn plugin_configuration() -> Result<Vec<u8>, String> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .map(Option::unwrap_or_default)
+        .map_err(|status| format!("cannot read plugin configuration: {status:?}"))
+}

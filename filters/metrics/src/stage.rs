@@ -1,0 +1,195 @@
+//! The metrics filter as a stage: the start time at the request headers, body sizes from the
+//! body callbacks (facts Envoy hands over anyway, so no host read), and the labels at the end
+//! of the stream, when every outcome is known.
+
+use crate::config::{LabelSource, MetricsConfig};
+use crate::recorder::{Recorder, SeriesKey};
+use gateway_common::host::{Host, MetricKind};
+use gateway_common::request::{Request, RequestFacts, CLUSTER_NAME, ROUTE_NAME};
+use gateway_common::stage::{Flow, Stage, StageStream};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Builds the stage from the filter's JSON configuration.
+pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, String> {
+    let config = MetricsConfig::parse(configuration).map_err(|error| error.to_string())?;
+    let recorder = Recorder::new(config);
+    // Envoy configures the plugin on its main thread before starting the workers, so the
+    // keys exist before any request can update them.
+    recorder
+        .create_shared_keys(host.shared_data())
+        .map_err(|error| format!("cannot create the label registry in shared data: {error}"))?;
+    let worker = Worker {
+        recorder,
+        series: HashMap::new(),
+        overflow_ids: HashMap::new(),
+        key: Vec::new(),
+        overflowed: Vec::new(),
+    };
+    Ok(Box::new(MetricsStage { worker: Rc::new(RefCell::new(worker)) }))
+}
+
+/// Everything one VM (one Envoy worker) keeps between requests.
+struct Worker {
+    recorder: Recorder,
+    /// Envoy metric ids per series key: defining a metric is a host call with a string, so
+    /// each distinct combination is named and defined once per worker.
+    series: HashMap<SeriesKey, SeriesIds>,
+    /// Overflow counter id per label index, defined on first overflow.
+    overflow_ids: HashMap<usize, Option<u32>>,
+    /// Buffers reused by every request.
+    key: SeriesKey,
+    overflowed: Vec<usize>,
+}
+
+/// Envoy's ids for one series key; `None` where the host refused the metric.
+struct SeriesIds {
+    requests: Option<u32>,
+    duration: Option<u32>,
+    request_bytes: Option<u32>,
+    response_bytes: Option<u32>,
+}
+
+struct MetricsStage {
+    worker: Rc<RefCell<Worker>>,
+}
+
+impl Stage for MetricsStage {
+    fn new_stream(&self) -> Box<dyn StageStream> {
+        Box::new(MetricsStream {
+            worker: Rc::clone(&self.worker),
+            started_nanos: None,
+            request_bytes: 0,
+            response_bytes: 0,
+        })
+    }
+
+    fn on_tick(&self, _host: &dyn Host) -> Vec<u32> {
+        Vec::new()
+    }
+}
+
+struct MetricsStream {
+    worker: Rc<RefCell<Worker>>,
+    started_nanos: Option<u64>,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl StageStream for MetricsStream {
+    fn on_request_headers(&mut self, request: &mut Request, _context_id: u32) -> Flow {
+        self.started_nanos = request.host.now_nanos();
+        Flow::Continue
+    }
+
+    fn on_request_body(&mut self, new_bytes: usize, _end_of_stream: bool) -> Flow {
+        self.request_bytes = self.request_bytes.saturating_add(new_bytes as u64);
+        Flow::Continue
+    }
+
+    fn on_response_body(&mut self, new_bytes: usize, _end_of_stream: bool) -> Flow {
+        self.response_bytes = self.response_bytes.saturating_add(new_bytes as u64);
+        Flow::Continue
+    }
+
+    /// Runs once per stream after the response (or local reply, or reset), so every outcome
+    /// is counted, including 404s from Envoy and rejections by later filters.
+    fn on_log(&mut self, request: &mut Request) {
+        let Ok(mut worker) = self.worker.try_borrow_mut() else { return };
+        let worker = &mut *worker;
+        let duration_ms = match (self.started_nanos, request.host.now_nanos()) {
+            // Envoy's clock for wasm is the wall clock: a step backwards counts as 0 ms.
+            (Some(started), Some(now)) => Some(now.saturating_sub(started) / 1_000_000),
+            _ => None,
+        };
+        let raw_values = read_label_values(worker.recorder.config(), request);
+        let sample = Sample { duration_ms, request_bytes: self.request_bytes, response_bytes: self.response_bytes };
+        worker.record(request.host, &raw_values, &sample);
+    }
+}
+
+impl Worker {
+    fn record(&mut self, host: &dyn Host, raw_values: &[Option<Vec<u8>>], sample: &Sample) {
+        self.recorder.resolve(raw_values, host.shared_data(), &mut self.key, &mut self.overflowed);
+        for &label in &self.overflowed {
+            let recorder = &self.recorder;
+            let id = *self
+                .overflow_ids
+                .entry(label)
+                .or_insert_with(|| define(host, MetricKind::Counter, &recorder.overflow_name(label)));
+            increment(host, id, 1);
+        }
+        if let Some(ids) = self.series.get(&self.key) {
+            ids.record(host, sample);
+            return;
+        }
+        // First request of this label combination on this worker: name and define its series.
+        let names = self.recorder.series_names(&self.key);
+        let ids = SeriesIds {
+            requests: define(host, MetricKind::Counter, &names.requests),
+            duration: define(host, MetricKind::Histogram, &names.duration),
+            request_bytes: define(host, MetricKind::Counter, &names.request_bytes),
+            response_bytes: define(host, MetricKind::Counter, &names.response_bytes),
+        };
+        ids.record(host, sample);
+        self.series.insert(self.key.clone(), ids);
+    }
+}
+
+/// What one request adds to its series.
+struct Sample {
+    duration_ms: Option<u64>,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl SeriesIds {
+    fn record(&self, host: &dyn Host, sample: &Sample) {
+        increment(host, self.requests, 1);
+        increment(host, self.request_bytes, sample.request_bytes);
+        increment(host, self.response_bytes, sample.response_bytes);
+        if let (Some(id), Some(duration_ms)) = (self.duration, sample.duration_ms) {
+            if let Err(status) = host.record_metric(id, duration_ms) {
+                log::debug!("metrics: cannot record duration: {status}");
+            }
+        }
+    }
+}
+
+fn read_label_values(config: &MetricsConfig, request: &mut Request) -> Vec<Option<Vec<u8>>> {
+    config
+        .labels
+        .iter()
+        .map(|label| {
+            let value = match &label.source {
+                LabelSource::Route => request.property(&ROUTE_NAME),
+                LabelSource::Upstream => request.property(&CLUSTER_NAME),
+                // Local replies carry :status too; a stream reset before any response has none.
+                LabelSource::Code => request.response_header(":status"),
+                LabelSource::Consumer => request.header(&config.consumer_header),
+                LabelSource::Header(name) => request.header(name),
+                LabelSource::Method => request.header(":method"),
+            };
+            value.map(<[u8]>::to_vec)
+        })
+        .collect()
+}
+
+/// Defines one metric (the host returns the existing id for a name it knows). A refusal is
+/// logged here, once per series, since the caller caches the outcome.
+fn define(host: &dyn Host, kind: MetricKind, name: &str) -> Option<u32> {
+    let id = host.define_metric(kind, name);
+    if id.is_none() {
+        log::warn!("metrics: cannot define metric {name}");
+    }
+    id
+}
+
+fn increment(host: &dyn Host, id: Option<u32>, value: u64) {
+    // Envoy refuses an increment of 0 (BadArgument), and there is nothing to add anyway.
+    let (Some(id), 1..) = (id, value) else { return };
+    if let Err(status) = host.increment_metric(id, value) {
+        log::debug!("metrics: cannot increment metric {id}: {status}");
+    }
+}
