@@ -6,8 +6,8 @@ use crate::config::{ApiKeySource, AuthConfig, Provider, Requirement, TokenSource
 use crate::jwt::{self, claim, Rejection};
 use crate::keyring::KeyRing;
 use gateway_common::request_match::RequestMatch;
+use rsa::sha2::{Digest, Sha256};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::cell::{OnceCell, RefCell};
 
 pub use gateway_common::request::RequestFacts;

@@ -8,6 +8,7 @@
 //! encryption keys, malformed values) are skipped; a set with no usable key is refused, so
 //! garbage never replaces a good key set.
 
+use crate::rsa_key::PreparedRsa;
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -24,6 +25,8 @@ pub struct Key {
     pub alg: Option<Algorithm>,
     kind: KeyKind,
     pub decoding: DecodingKey,
+    /// For RSA keys: the key ready to verify (built once here, not per token).
+    pub rsa: Option<PreparedRsa>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,7 @@ fn key(entry: &serde_json::Value) -> Result<Key, String> {
             Some(signature_algorithm(named).ok_or_else(|| format!("`alg` {named:?} is not a signature algorithm"))?)
         }
     };
+    let mut prepared = None;
     let kind = match &jwk.algorithm {
         AlgorithmParameters::RSA(rsa) => {
             let modulus = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -100,6 +104,10 @@ fn key(entry: &serde_json::Value) -> Result<Key, String> {
             if bits < MIN_RSA_BITS {
                 return Err(format!("an RSA key of about {bits} bits (at least {MIN_RSA_BITS} are required)"));
             }
+            let exponent = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(rsa.e.trim_end_matches('='))
+                .map_err(|_| "the RSA exponent is not base64url")?;
+            prepared = Some(PreparedRsa::new(&modulus, &exponent)?);
             KeyKind::Rsa
         }
         AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
@@ -114,7 +122,7 @@ fn key(entry: &serde_json::Value) -> Result<Key, String> {
         AlgorithmParameters::OctetKey(_) => KeyKind::Secret,
     };
     let decoding = DecodingKey::from_jwk(&jwk).map_err(|error| format!("unusable key: {error}"))?;
-    Ok(Key { kid: jwk.common.key_id.clone(), alg, kind, decoding })
+    Ok(Key { kid: jwk.common.key_id.clone(), alg, kind, decoding, rsa: prepared })
 }
 
 fn signature_algorithm(named: &KeyAlgorithm) -> Option<Algorithm> {

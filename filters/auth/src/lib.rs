@@ -10,4 +10,5 @@ pub mod jwks;
 pub mod jwt;
 pub mod keyring;
 pub mod remote;
+pub mod rsa_key;
 pub mod stage;

@@ -502,3 +502,197 @@ fn set_header(request: &mut Request, name: &str, value: Option<&str>) {
         log::warn!("auth: cannot change request header {name}: {status}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The stage driven through a fake host, as Envoy drives it: requests, ticks and the
+    //! answers to its key set fetches. Covers the key set life cycle (cold start, one fetch for
+    //! every worker under the lease, rotation, staleness) and the brute-force guard.
+
+    use super::*;
+    use base64::Engine;
+    use gateway_common::request::RequestMemo;
+    use gateway_common::testing::FakeHost;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::{json, Value};
+
+    const SECRET: &[u8] = b"test-only hmac secret, 32+ bytes long!!";
+    const T0: u64 = 1_764_000_000_000;
+
+    fn jwks(kids: &[&str]) -> Vec<u8> {
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+        let keys: Vec<Value> = kids.iter().map(|kid| json!({"kty": "oct", "kid": kid, "k": k})).collect();
+        json!({ "keys": keys }).to_string().into_bytes()
+    }
+
+    fn token(kid: &str, secret: &[u8]) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.to_string());
+        let claims = json!({"iss": "https://idp.test", "sub": "ada", "exp": T0 / 1000 + 86_400});
+        encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    fn remote_config() -> Value {
+        json!({
+            "providers": {"idp": {
+                "issuer": "https://idp.test",
+                "algorithms": ["HS256"],
+                "remote_jwks": {
+                    "http_uri": {"uri": "http://idp.test/jwks", "cluster": "idp", "timeout": "1s"},
+                    "cache_duration": "10m", "max_staleness": "5m", "refetch_cooldown": "10s"
+                }
+            }},
+            "rules": [{"requires": {"provider_name": "idp"}}]
+        })
+    }
+
+    /// One request with `token`; returns its flow and stream (to wake it later).
+    fn send(
+        host: &FakeHost,
+        stage: &dyn Stage,
+        token: &str,
+        context_id: u32,
+    ) -> (Flow, Box<dyn StageStream>, RequestMemo) {
+        host.clear_headers();
+        host.put_header(HeaderMap::Request, ":method", "GET");
+        host.put_header(HeaderMap::Request, ":path", "/orders");
+        host.put_header(HeaderMap::Request, "authorization", &format!("Bearer {token}"));
+        host.put_header(HeaderMap::Request, "x-gateway-consumer", "mallory");
+        let mut stream = stage.new_stream();
+        let mut memo = RequestMemo::default();
+        let flow = stream.on_request_headers(&mut Request::new(host, &mut memo), context_id);
+        (flow, stream, memo)
+    }
+
+    /// Answers the last fetch the worker started; returns the streams it wakes.
+    fn answer(host: &FakeHost, stage: &dyn Stage, status: &str, body: &[u8]) -> Vec<u32> {
+        let token = host.calls.borrow().last().map(|call| call.token).unwrap();
+        host.set_header(HeaderMap::CallResponse, ":status", Some(status)).unwrap();
+        *host.call_body.borrow_mut() = body.to_vec();
+        stage.on_call_response(host, token, 1, body.len()).unwrap()
+    }
+
+    fn fetches(host: &FakeHost) -> usize {
+        host.calls.borrow().iter().filter(|call| call.cluster == "idp").count()
+    }
+
+    #[test]
+    fn cold_start_holds_the_first_request_until_the_key_set_arrives() {
+        let host = FakeHost::default().with_clock_millis(T0);
+        let stage = build(remote_config().to_string().as_bytes(), &host).unwrap();
+        assert_eq!(stage.tick_period(), Some(Duration::from_millis(remote::TICK_MILLIS)));
+        let (flow, mut stream, mut memo) = send(&host, stage.as_ref(), &token("k1", SECRET), 7);
+        assert_eq!(flow, Flow::Pause, "held, not refused");
+        assert_eq!(stage.tick_period(), Some(Duration::from_millis(remote::HELD_TICK_MILLIS)));
+        assert!(stage.on_tick(&host).is_empty());
+        assert_eq!(fetches(&host), 1);
+        let call = host.calls.borrow()[0].clone();
+        assert!(call.headers.contains(&(":path".into(), "/jwks".into())));
+        assert_eq!(answer(&host, stage.as_ref(), "200", &jwks(&["k1"])), [7]);
+        assert_eq!(stream.on_wake(&mut Request::new(&host, &mut memo)), Flow::Continue);
+        assert_eq!(host.request_header("x-gateway-consumer").as_deref(), Some("ada"), "the client's copy replaced");
+        assert!(host.replies.borrow().is_empty());
+        assert_eq!(stage.tick_period(), Some(Duration::from_millis(remote::TICK_MILLIS)));
+    }
+
+    #[test]
+    fn one_fetch_serves_every_worker() {
+        let first = FakeHost::default().with_clock_millis(T0);
+        let second = first.another_worker();
+        let config = remote_config().to_string();
+        let (a, b) = (build(config.as_bytes(), &first).unwrap(), build(config.as_bytes(), &second).unwrap());
+        a.on_tick(&first);
+        b.on_tick(&second);
+        assert_eq!(fetches(&first) + fetches(&second), 1, "the lease lets one worker fetch");
+        answer(&first, a.as_ref(), "200", &jwks(&["k1"]));
+        second.set_clock_millis(T0 + 500);
+        b.on_tick(&second);
+        assert_eq!(send(&second, b.as_ref(), &token("k1", SECRET), 1).0, Flow::Continue);
+        assert_eq!(fetches(&second), 0, "the other worker installed the stored set");
+    }
+
+    #[test]
+    fn a_rotated_in_key_is_fetched_for_the_request_that_needs_it() {
+        let host = FakeHost::default().with_clock_millis(T0);
+        let stage = build(remote_config().to_string().as_bytes(), &host).unwrap();
+        stage.on_tick(&host);
+        answer(&host, stage.as_ref(), "200", &jwks(&["k1"]));
+        host.set_clock_millis(T0 + 60_000);
+        let (flow, mut stream, mut memo) = send(&host, stage.as_ref(), &token("k2", SECRET), 9);
+        assert_eq!(flow, Flow::Pause);
+        stage.on_tick(&host);
+        assert_eq!(fetches(&host), 2);
+        assert_eq!(answer(&host, stage.as_ref(), "200", &jwks(&["k1", "k2"])), [9]);
+        assert_eq!(stream.on_wake(&mut Request::new(&host, &mut memo)), Flow::Continue);
+        // Within the cooldown an unknown kid is refused at once, without another fetch.
+        let (flow, _, _) = send(&host, stage.as_ref(), &token("k3", SECRET), 10);
+        assert_eq!(flow, Flow::Pause);
+        assert_eq!(host.replies.borrow().last().map(|reply| reply.status), Some(401));
+        stage.on_tick(&host);
+        assert_eq!(fetches(&host), 2);
+    }
+
+    #[test]
+    fn a_set_older_than_cache_duration_plus_max_staleness_is_dropped() {
+        let host = FakeHost::default().with_clock_millis(T0);
+        let stage = build(remote_config().to_string().as_bytes(), &host).unwrap();
+        stage.on_tick(&host);
+        answer(&host, stage.as_ref(), "200", &jwks(&["k1"]));
+        // Refreshes fail from then on; the last good set serves until it is too stale.
+        for minute in [9, 12, 14] {
+            host.set_clock_millis(T0 + minute * 60_000);
+            stage.on_tick(&host);
+            answer(&host, stage.as_ref(), "503", b"");
+            assert_eq!(send(&host, stage.as_ref(), &token("k1", SECRET), 1).0, Flow::Continue, "minute {minute}");
+        }
+        host.set_clock_millis(T0 + 16 * 60_000);
+        stage.on_tick(&host);
+        answer(&host, stage.as_ref(), "503", b"");
+        let (flow, mut stream, mut memo) = send(&host, stage.as_ref(), &token("k1", SECRET), 2);
+        if flow == Flow::Pause && host.replies.borrow().is_empty() {
+            // Held for the next fetch, which fails too.
+            stage.on_tick(&host);
+            answer(&host, stage.as_ref(), "503", b"");
+            assert_eq!(stream.on_wake(&mut Request::new(&host, &mut memo)), Flow::Pause);
+        }
+        let reply = host.replies.borrow().last().cloned().unwrap();
+        assert_eq!(reply.status, 401);
+        assert!(String::from_utf8_lossy(&reply.body).contains("no keys"));
+    }
+
+    #[test]
+    fn the_brute_force_guard_stops_verifying_a_clients_forged_tokens() {
+        let mut config = json!({
+            "providers": {"idp": {"issuer": "https://idp.test", "algorithms": ["HS256"],
+                "local_jwks": {"inline_string": String::from_utf8(jwks(&["k1"])).unwrap()}}},
+            "brute_force_guard": {"max_failures": 3, "window": "1m"},
+            "rules": [{"requires": {"provider_name": "idp"}}]
+        });
+        let host = FakeHost::default().with_clock_millis(T0).with_property(&SOURCE_ADDRESS, "203.0.113.9:4000");
+        let stage = build(config.to_string().as_bytes(), &host).unwrap();
+        let good = token("k1", SECRET);
+        assert_eq!(send(&host, stage.as_ref(), &good, 1).0, Flow::Continue, "verified and cached");
+        for _ in 0..3 {
+            assert_eq!(
+                send(&host, stage.as_ref(), &token("k1", b"forged secret, also 32 bytes long!!"), 1).0,
+                Flow::Pause
+            );
+        }
+        assert!(host.replies.borrow().iter().all(|reply| reply.status == 401));
+        let fresh = {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("k1".into());
+            let claims = json!({"iss": "https://idp.test", "sub": "grace", "exp": T0 / 1000 + 60});
+            encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+        };
+        assert_eq!(send(&host, stage.as_ref(), &fresh, 1).0, Flow::Pause);
+        let reply = host.replies.borrow().last().cloned().unwrap();
+        assert_eq!(reply.status, 429);
+        assert!(reply.headers.contains(&("retry-after".into(), "60".into())));
+        assert_eq!(send(&host, stage.as_ref(), &good, 1).0, Flow::Continue, "a token verified before still passes");
+        host.set_clock_millis(T0 + 60_000);
+        assert_eq!(send(&host, stage.as_ref(), &fresh, 1).0, Flow::Continue, "the window ended");
+        config["brute_force_guard"]["window"] = json!("0s");
+        assert!(build(config.to_string().as_bytes(), &host).err().unwrap().contains("brute_force_guard.window"));
+    }
+}

@@ -4,7 +4,7 @@ use crate::host::{HeaderMap, Host, HostError, MetricKind};
 use crate::shared::{SharedStore, StoreError, Versioned};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// In-memory shared data that behaves like proxy-wasm-cpp-host's: a global CAS counter,
@@ -62,7 +62,8 @@ pub struct FakeHost {
     headers: RefCell<HeaderMaps>,
     properties: HashMap<String, Vec<u8>>,
     pub clock_nanos: RefCell<Option<u64>>,
-    pub store: MemoryStore,
+    /// Shared data; workers of one VM share it (see [`FakeHost::another_worker`]).
+    pub store: Arc<MemoryStore>,
     metrics: RefCell<Vec<(String, MetricKind, Vec<u64>)>>,
     pub replies: RefCell<Vec<Reply>>,
     pub calls: RefCell<Vec<Call>>,
@@ -80,6 +81,21 @@ fn map_name(map: HeaderMap) -> &'static str {
 }
 
 impl FakeHost {
+    /// A host for another worker of the same VM: its own streams and metrics, the same shared
+    /// data and clock reading.
+    pub fn another_worker(&self) -> FakeHost {
+        FakeHost {
+            store: Arc::clone(&self.store),
+            clock_nanos: RefCell::new(*self.clock_nanos.borrow()),
+            ..FakeHost::default()
+        }
+    }
+
+    /// Forgets the current stream's headers (the next request starts clean).
+    pub fn clear_headers(&self) {
+        self.headers.borrow_mut().clear();
+    }
+
     pub fn with_request_header(self, name: &str, value: &str) -> FakeHost {
         self.with_request_header_bytes(name, value.as_bytes())
     }
@@ -191,7 +207,7 @@ impl Host for FakeHost {
     }
 
     fn shared_data(&self) -> &dyn SharedStore {
-        &self.store
+        self.store.as_ref()
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {

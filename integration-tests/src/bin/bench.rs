@@ -272,9 +272,65 @@ fn main() {
         base().wasm_filter("auth", tokens.ours()),
     )));
     variants.push(Variant {
-        script: Some(("token_pool.lua", tokens.pool_argument())),
+        script: Some(("token_pool.lua", pool_argument(&tokens.pool_file))),
         ..start("auth-fresh", "+ auth, RS256, a token not seen recently", base().wasm_filter("auth", tokens.ours()))
     });
+    for (name, description, algorithm, key) in [
+        ("auth-fresh-es256", "+ auth, ES256, a token not seen recently", jsonwebtoken::Algorithm::ES256, "ec_p256"),
+        ("auth-fresh-eddsa", "+ auth, EdDSA, a token not seen recently", jsonwebtoken::Algorithm::EdDSA, "ed25519"),
+    ] {
+        let other = BenchTokens::mint_with(algorithm, key, settings.fresh_tokens, name);
+        variants.push(Variant {
+            script: Some(("token_pool.lua", pool_argument(&other.pool_file))),
+            ..start(name, description, base().wasm_filter("auth", other.ours()))
+        });
+    }
+    // A flood of forged tokens (known kid, wrong signature) from one client, without and with
+    // the brute-force guard.
+    let forged = tokens.forged(FORGED_TOKENS);
+    let mut guarded = tokens.ours();
+    guarded["brute_force_guard"] = json!({"max_failures": 10, "window": "1m"});
+    variants.push(Variant {
+        script: Some(("token_pool.lua", pool_argument(&forged))),
+        ..start("auth-forged", "+ auth, forged RS256 tokens from one client", base().wasm_filter("auth", tokens.ours()))
+    });
+    variants.push(Variant {
+        script: Some(("token_pool.lua", pool_argument(&forged))),
+        ..start(
+            "auth-forged-guarded",
+            "+ auth, the same flood, brute-force guard on (10 per minute)",
+            base().wasm_filter("auth", guarded),
+        )
+    });
+
+    // The whole suite on every request: metrics, auth (the same RS256 token), ratelimit (one hot
+    // key) and aggregate (its endpoint is elsewhere, so it passes the request on), as four
+    // modules and as the bundle; and Envoy's native pair for the same jobs.
+    let suite = [
+        ("metrics", json!({})),
+        ("auth", tokens.ours()),
+        ("ratelimit", never_limiting(json!([{"fixed": "all"}]), true)),
+        (
+            "aggregate",
+            json!({"endpoints": [{"path": "/dashboard", "backends": [{"name": "u", "cluster": "users", "path": "/users/1"}]}]}),
+        ),
+    ];
+    let modules = suite.iter().fold(base(), |gateway, (module, config)| gateway.wasm_filter(module, config.clone()));
+    variants.push(with_token(start("suite-modules", "+ metrics, auth, ratelimit, aggregate: four modules", modules)));
+    let sections: serde_json::Map<String, Value> =
+        suite.iter().map(|(module, config)| (module.to_string(), config.clone())).collect();
+    variants.push(with_token(start(
+        "suite-bundle",
+        "+ the same four as one gateway.wasm",
+        base().wasm_filter("gateway", Value::Object(sections)),
+    )));
+    variants.push(with_token(start(
+        "native-suite",
+        "+ Envoy's native jwt_authn (no cache) + local_ratelimit",
+        base()
+            .native_filter("envoy.filters.http.jwt_authn", tokens.native_jwt_authn(false))
+            .native_filter("envoy.filters.http.local_ratelimit", native_local_ratelimit()),
+    )));
 
     // Aggregation: three delayed backends answered as one, against the slowest one alone.
     let delayed: Vec<Backend> = AGGREGATED_DELAYS_MS
@@ -369,6 +425,46 @@ fn main() {
         }
     }
     report(&variants, &settings);
+    report_crossings(&wrk, &variants, &settings);
+}
+
+/// Distinct forged tokens in the `auth-forged` flood.
+const FORGED_TOKENS: usize = 10_000;
+
+/// Host calls (filter to Envoy) and callbacks (Envoy into the VM) per request, from the
+/// counters every module keeps (`gateway_host_calls_total`, `gateway_vm_callbacks_total`),
+/// over a run of its own: each is a crossing of the VM boundary.
+fn report_crossings(wrk: &Wrk, variants: &[Variant], settings: &Settings) {
+    let counted = ["metrics", "auth-hot", "rl-hot", "suite-modules", "suite-bundle"];
+    let measured: Vec<&Variant> = variants.iter().filter(|variant| counted.contains(&variant.name)).collect();
+    if measured.is_empty() {
+        return;
+    }
+    println!();
+    println!("Boundary crossings per request (a run of {} s each):", settings.seconds);
+    println!();
+    println!("| variant | host calls | callbacks into the VM |");
+    println!("|---|---:|---:|");
+    // The modules add their counts to Envoy's counters once a second.
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(1_300));
+    let read = |variant: &Variant| {
+        let stat = |name: &str| variant.envoy.stat(&format!("wasmcustom.{name}")) as f64;
+        (stat("gateway_host_calls_total"), stat("gateway_vm_callbacks_total"))
+    };
+    for variant in measured {
+        settle();
+        let before = read(variant);
+        let report = drive(wrk, variant, settings.seconds, settings.connections);
+        settle();
+        let after = read(variant);
+        let requests = report.requests.max(1.0);
+        println!(
+            "| {} | {:.1} | {:.1} |",
+            variant.name,
+            (after.0 - before.0) / requests,
+            (after.1 - before.1) / requests
+        );
+    }
 }
 
 fn drive(wrk: &Wrk, variant: &Variant, seconds: u64, connections: u32) -> integration_tests::load::WrkReport {
@@ -472,6 +568,49 @@ fn report(variants: &[Variant], settings: &Settings) {
             let verdict = if *ratio <= target { "met" } else { "NOT met" };
             println!("target: {variant} adds at most {target}x what the empty filter adds: {ratio:.2}x ({verdict})");
         }
+    }
+    let find = |name: &str| variants.iter().find(|variant| variant.name == name);
+    let added_median = |variant: &Variant| median(added(variant).into_iter());
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    if let (Some(bundle), Some(modules)) = (find("suite-bundle"), find("suite-modules")) {
+        let ratio = added_median(bundle) / added_median(modules);
+        println!(
+            "target: the bundle adds at most 0.7x what the four modules add: {ratio:.2}x ({})",
+            verdict(ratio <= 0.7)
+        );
+        let per_round: Vec<f64> =
+            bundle.rounds.iter().zip(&bare.rounds).map(|(r, b)| r.cpu_us_per_request / b.cpu_us_per_request).collect();
+        let versus_bare = median(per_round.into_iter());
+        println!(
+            "target: the bundle costs at most 1.75x bare Envoy (stretch 1.6x): {versus_bare:.2}x ({})",
+            verdict(versus_bare <= 1.75)
+        );
+        if let Some(native) = find("native-suite") {
+            let per_round: Vec<f64> = native
+                .rounds
+                .iter()
+                .zip(&bare.rounds)
+                .map(|(r, b)| r.cpu_us_per_request / b.cpu_us_per_request)
+                .collect();
+            println!(
+                "  (Envoy's native jwt_authn + local_ratelimit in the same run: {:.2}x bare)",
+                median(per_round.into_iter())
+            );
+        }
+    }
+    if let (Some(fresh), Some(native)) = (find("auth-fresh"), find("native-jwt")) {
+        let ratio = added_median(fresh) / added_median(native);
+        println!(
+            "target: a fresh RS256 token adds at most 3x what jwt_authn (no cache) adds: {ratio:.2}x ({})",
+            verdict(ratio <= 3.0)
+        );
+    }
+    if let (Some(guarded), Some(open)) = (find("auth-forged-guarded"), find("auth-forged")) {
+        let ratio = added_median(guarded) / added_median(open);
+        println!(
+            "target: with the guard, a flood of forged tokens costs at most 1/10 of the CPU: {ratio:.3}x ({})",
+            verdict(ratio <= 0.1)
+        );
     }
     report_global(variants, settings);
     report_cache(&others, settings);
@@ -619,33 +758,45 @@ struct BenchTokens {
 
 impl BenchTokens {
     fn mint(count: usize) -> BenchTokens {
+        BenchTokens::mint_with(jsonwebtoken::Algorithm::RS256, "rsa", count, "auth-fresh")
+    }
+
+    /// `count` tokens signed with the fixture key `key` (`rsa`, `ec_p256`, `ed25519`).
+    fn mint_with(algorithm: jsonwebtoken::Algorithm, key: &str, count: usize, variant: &str) -> BenchTokens {
         let keys: Value = serde_json::from_str(
             &std::fs::read_to_string(paths::repo_root().join("filters/auth/tests/fixtures/test_keys.json"))
                 .unwrap_or_else(|e| panic!("test keys: {e}")),
         )
         .unwrap_or_else(|e| panic!("test keys: {e}"));
-        let pem = keys["rsa"]["private_pem"].as_str().unwrap_or_default().to_string();
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("test key: {e}"));
+        let pem = keys[key]["private_pem"].as_str().unwrap_or_default().to_string();
+        let jwk = keys[key]["jwk"].clone();
+        let kid = jwk["kid"].as_str().unwrap_or_default().to_string();
+        let encoding = match algorithm {
+            jsonwebtoken::Algorithm::ES256 => jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()),
+            jsonwebtoken::Algorithm::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()),
+            _ => jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()),
+        };
+        let encoding = encoding.unwrap_or_else(|e| panic!("test key {key}: {e}"));
         let exp =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 86_400;
         let sign = |subject: usize| {
-            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-            header.kid = Some("rsa-1".into());
+            let mut header = jsonwebtoken::Header::new(algorithm);
+            header.kid = Some(kid.clone());
             let claims =
                 json!({"iss": "https://bench.test", "aud": "bench", "sub": format!("user-{subject}"), "exp": exp});
-            jsonwebtoken::encode(&header, &claims, &key).unwrap_or_else(|e| panic!("signing: {e}"))
+            jsonwebtoken::encode(&header, &claims, &encoding).unwrap_or_else(|e| panic!("signing: {e}"))
         };
-        eprintln!("bench: signing {count} RS256 tokens for the auth-fresh variant ...");
+        eprintln!("bench: signing {count} {algorithm:?} tokens for the {variant} variant ...");
         let halves: Vec<Vec<String>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..2)
                 .map(|half| scope.spawn(move || (half..count).step_by(2).map(sign).collect::<Vec<_>>()))
                 .collect();
             workers.into_iter().map(|worker| worker.join().unwrap_or_default()).collect()
         });
-        let pool_file = paths::repo_root().join("target/bench-tokens.txt");
+        let pool_file = paths::repo_root().join(format!("target/bench-tokens-{variant}.txt"));
         std::fs::write(&pool_file, halves.concat().join("\n") + "\n")
             .unwrap_or_else(|e| panic!("{}: {e}", pool_file.display()));
-        BenchTokens { jwk: keys["rsa"]["jwk"].clone(), repeated: sign(count), pool_file }
+        BenchTokens { jwk, repeated: sign(count), pool_file }
     }
 
     fn jwks(&self) -> String {
@@ -671,10 +822,28 @@ impl BenchTokens {
         })
     }
 
-    /// The wrk script argument: the token file's path (the bench runs once, so the string
-    /// lives as long as the process).
-    fn pool_argument(&self) -> &'static [&'static str] {
-        let path: &'static str = Box::leak(self.pool_file.display().to_string().into_boxed_str());
-        Box::leak(vec![path].into_boxed_slice())
+    /// A file of `count` forged tokens: each one's header and claims with another token's
+    /// signature (the known `kid`, so every one costs a full signature check).
+    fn forged(&self, count: usize) -> std::path::PathBuf {
+        let tokens = std::fs::read_to_string(&self.pool_file).unwrap_or_default();
+        let tokens: Vec<&str> = tokens.lines().take(count + 1).collect();
+        let forged: Vec<String> = tokens
+            .windows(2)
+            .filter_map(|pair| {
+                let (signed, _) = pair[0].rsplit_once('.')?;
+                let (_, other_signature) = pair[1].rsplit_once('.')?;
+                Some(format!("{signed}.{other_signature}"))
+            })
+            .collect();
+        let path = paths::repo_root().join("target/bench-forged-tokens.txt");
+        std::fs::write(&path, forged.join("\n") + "\n").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
     }
+}
+
+/// The wrk script argument: a token file's path (the bench runs once, so the string lives as
+/// long as the process).
+fn pool_argument(path: &std::path::Path) -> &'static [&'static str] {
+    let path: &'static str = Box::leak(path.display().to_string().into_boxed_str());
+    Box::leak(vec![path].into_boxed_slice())
 }
