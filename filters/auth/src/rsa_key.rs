@@ -14,7 +14,7 @@ use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
 use crypto_bigint::{BoxedUint, Odd};
 use jsonwebtoken::Algorithm;
 use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
-use rsa::{PublicKey, Pss};
+use rsa::{Pss, PublicKey};
 use std::cmp::Ordering;
 
 /// DER `DigestInfo` prefixes before the hash (RFC 8017 §9.2, note 1).
@@ -42,9 +42,10 @@ impl PreparedRsa {
         let n = BoxedUint::from_be_slice_vartime(modulus);
         let e = BoxedUint::from_be_slice_vartime(exponent);
         let key = PublicKey::new(n.clone(), e).map_err(|error| format!("unusable RSA key: {error}"))?;
-        let exponent = exponent.iter().skip_while(|byte| **byte == 0).try_fold(0u64, |value, byte| {
-            value.checked_mul(256).map(|value| value | u64::from(*byte))
-        });
+        let exponent = exponent
+            .iter()
+            .skip_while(|byte| **byte == 0)
+            .try_fold(0u64, |value, byte| value.checked_mul(256).map(|value| value | u64::from(*byte)));
         let exponent = exponent.ok_or("the RSA exponent is longer than 64 bits")?;
         let odd = Odd::new(n.clone()).into_option().ok_or("the RSA modulus is even")?;
         let length = modulus.iter().skip_while(|byte| **byte == 0).count();

@@ -461,7 +461,7 @@ impl StageStream for AuthStream {
         };
         let worker = &mut *worker;
         let host = request.host;
-        let now = now_millis(host);
+        let now = request.now_nanos().map(|nanos| nanos / 1_000_000);
         if now.is_none() && !worker.logged_no_clock.replace(true) {
             log::error!("auth: the host clock cannot be read; tokens are refused with 503 (logged once per worker)");
         }
@@ -491,7 +491,7 @@ impl StageStream for AuthStream {
     /// The fetch this request was held for ended: decide with the keys there are now.
     fn on_wake(&mut self, request: &mut Request) -> Flow {
         let Ok(mut worker) = self.worker.try_borrow_mut() else { return Flow::Pause };
-        let now = now_millis(request.host);
+        let now = request.now_nanos().map(|nanos| nanos / 1_000_000);
         let decision = worker.decide(request, now, &mut Vec::new());
         worker.apply(request, decision)
     }
@@ -589,7 +589,13 @@ mod tests {
         let call = host.calls.borrow()[0].clone();
         assert!(call.headers.contains(&(":path".into(), "/jwks".into())));
         assert_eq!(answer(&host, stage.as_ref(), "200", &jwks(&["k1"])), [7]);
-        assert_eq!(stream.on_wake(&mut Request::new(&host, &mut memo)), Flow::Continue);
+        assert_eq!(
+            {
+                memo.new_callback();
+                stream.on_wake(&mut Request::new(&host, &mut memo))
+            },
+            Flow::Continue
+        );
         assert_eq!(host.request_header("x-gateway-consumer").as_deref(), Some("ada"), "the client's copy replaced");
         assert!(host.replies.borrow().is_empty());
         assert_eq!(stage.tick_period(), Some(Duration::from_millis(remote::TICK_MILLIS)));
@@ -623,7 +629,13 @@ mod tests {
         stage.on_tick(&host);
         assert_eq!(fetches(&host), 2);
         assert_eq!(answer(&host, stage.as_ref(), "200", &jwks(&["k1", "k2"])), [9]);
-        assert_eq!(stream.on_wake(&mut Request::new(&host, &mut memo)), Flow::Continue);
+        assert_eq!(
+            {
+                memo.new_callback();
+                stream.on_wake(&mut Request::new(&host, &mut memo))
+            },
+            Flow::Continue
+        );
         // Within the cooldown an unknown kid is refused at once, without another fetch.
         let (flow, _, _) = send(&host, stage.as_ref(), &token("k3", SECRET), 10);
         assert_eq!(flow, Flow::Pause);
@@ -653,7 +665,13 @@ mod tests {
             // Held for the next fetch, which fails too.
             stage.on_tick(&host);
             answer(&host, stage.as_ref(), "503", b"");
-            assert_eq!(stream.on_wake(&mut Request::new(&host, &mut memo)), Flow::Pause);
+            assert_eq!(
+                {
+                    memo.new_callback();
+                    stream.on_wake(&mut Request::new(&host, &mut memo))
+                },
+                Flow::Pause
+            );
         }
         let reply = host.replies.borrow().last().cloned().unwrap();
         assert_eq!(reply.status, 401);

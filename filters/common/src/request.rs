@@ -51,6 +51,15 @@ pub struct RequestMemo {
     request_headers: Vec<(String, Option<Vec<u8>>)>,
     response_headers: Vec<(String, Option<Vec<u8>>)>,
     properties: Vec<(Vec<String>, Option<Vec<u8>>)>,
+    /// The clock as read in the current callback (see [`RequestMemo::new_callback`]).
+    clock: Option<Option<u64>>,
+}
+
+impl RequestMemo {
+    /// A new callback of the stream began: time has moved on, so the clock is read again.
+    pub fn new_callback(&mut self) {
+        self.clock = None;
+    }
 }
 
 /// The current stream as seen from one callback: the host, and what is known of the request.
@@ -62,6 +71,13 @@ pub struct Request<'a> {
 impl<'a> Request<'a> {
     pub fn new(host: &'a dyn Host, memo: &'a mut RequestMemo) -> Request<'a> {
         Request { host, memo }
+    }
+
+    /// The host's clock in nanoseconds, read once per callback (stages that run in one
+    /// callback share the reading).
+    pub fn now_nanos(&mut self) -> Option<u64> {
+        let host = self.host;
+        *self.memo.clock.get_or_insert_with(|| host.now_nanos())
     }
 
     /// A response header (read once; the response headers exist from the response phase on).
@@ -138,6 +154,18 @@ mod tests {
         let mut request = Request::new(&host, &mut memo);
         assert_eq!(request.path(), Some("/a?b"));
         assert_eq!(host.calls_named("header"), 2);
+    }
+
+    #[test]
+    fn the_clock_is_read_once_per_callback() {
+        let host = FakeHost::default().with_clock_millis(5);
+        let mut memo = RequestMemo::default();
+        assert_eq!(Request::new(&host, &mut memo).now_nanos(), Some(5_000_000));
+        host.set_clock_millis(6);
+        assert_eq!(Request::new(&host, &mut memo).now_nanos(), Some(5_000_000), "the same callback");
+        memo.new_callback();
+        assert_eq!(Request::new(&host, &mut memo).now_nanos(), Some(6_000_000));
+        assert_eq!(host.calls_named("now_nanos"), 2);
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl Chain {
                 continue;
             }
             let Ok(mut stream) = stream.try_borrow_mut() else { continue };
+            stream.begin();
             if stream.paused_at != Some(stage) {
                 continue;
             }
@@ -183,6 +184,12 @@ struct ChainStream {
 }
 
 impl ChainStream {
+    /// Called at the start of every callback of the stream.
+    fn begin(&mut self) -> &mut ChainStream {
+        self.memo.new_callback();
+        self
+    }
+
     fn with_stage<T>(&mut self, index: usize, run: impl FnOnce(&mut dyn StageStream, &mut Request) -> T) -> Option<T> {
         let stage = self.stages.get_mut(index)?;
         let mut request = Request::new(&ProxyHost, &mut self.memo);
@@ -228,6 +235,7 @@ impl ChainHttp {
     fn call_answered(&mut self, answer: impl Fn(&mut dyn StageStream, &mut Request) -> Option<Flow>) {
         self.chain.callback();
         let Ok(mut stream) = self.stream.try_borrow_mut() else { return };
+        stream.begin();
         for index in 0..stream.stages.len() {
             if let Some(Some(flow)) = stream.with_stage(index, &answer) {
                 if stream.paused_at == Some(index) {
@@ -267,7 +275,7 @@ impl HttpContext for ChainHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.chain.callback();
         let Ok(mut stream) = self.stream.try_borrow_mut() else { return Action::Continue };
-        let flow = stream.request_headers_from(0, self.context_id);
+        let flow = stream.begin().request_headers_from(0, self.context_id);
         if flow == Flow::Pause {
             self.chain.paused.borrow_mut().insert(self.context_id, Rc::downgrade(&self.stream));
         }
@@ -305,6 +313,7 @@ impl HttpContext for ChainHttp {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.chain.callback();
         let Ok(mut stream) = self.stream.try_borrow_mut() else { return Action::Continue };
+        stream.begin();
         let mut flow = Flow::Continue;
         for index in (0..stream.stages.len()).rev() {
             if stream.with_stage(index, |stage, request| stage.on_response_headers(request)) == Some(Flow::Pause) {
@@ -329,6 +338,7 @@ impl HttpContext for ChainHttp {
     fn on_log(&mut self) {
         self.chain.callback();
         let Ok(mut stream) = self.stream.try_borrow_mut() else { return };
+        stream.begin();
         for index in 0..stream.stages.len() {
             stream.with_stage(index, |stage, request| stage.on_log(request));
         }

@@ -79,7 +79,7 @@ struct MetricsStream {
 
 impl StageStream for MetricsStream {
     fn on_request_headers(&mut self, request: &mut Request, _context_id: u32) -> Flow {
-        self.started_nanos = request.host.now_nanos();
+        self.started_nanos = request.now_nanos();
         Flow::Continue
     }
 
@@ -98,7 +98,7 @@ impl StageStream for MetricsStream {
     fn on_log(&mut self, request: &mut Request) {
         let Ok(mut worker) = self.worker.try_borrow_mut() else { return };
         let worker = &mut *worker;
-        let duration_ms = match (self.started_nanos, request.host.now_nanos()) {
+        let duration_ms = match (self.started_nanos, request.now_nanos()) {
             // Envoy's clock for wasm is the wall clock: a step backwards counts as 0 ms.
             (Some(started), Some(now)) => Some(now.saturating_sub(started) / 1_000_000),
             _ => None,

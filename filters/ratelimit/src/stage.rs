@@ -110,7 +110,7 @@ impl StageStream for RateLimitStream {
     fn on_request_headers(&mut self, request: &mut Request, _context_id: u32) -> Flow {
         let worker = Rc::clone(&self.worker);
         let host = request.host;
-        let Some(now) = host.now_nanos() else {
+        let Some(now) = request.now_nanos() else {
             if !worker.logged_no_clock.replace(true) {
                 log::warn!(
                     "ratelimit: the host clock is unavailable; requests are not limited (logged once per worker)"
@@ -144,7 +144,7 @@ impl StageStream for RateLimitStream {
             return None;
         }
         let host = request.host;
-        let elapsed = Duration::from_nanos(host.now_nanos().unwrap_or(sent_at).saturating_sub(sent_at));
+        let elapsed = Duration::from_nanos(request.now_nanos().unwrap_or(sent_at).saturating_sub(sent_at));
         let body = if status == 0 { host.grpc_response_body(size) } else { None };
         let outcome = match status {
             0 => CallOutcome::Answered(body.as_deref()),
