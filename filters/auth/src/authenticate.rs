@@ -400,3 +400,118 @@ fn changes(config: &AuthConfig, identity: Identity, request: &Lazy) -> Changes {
     }
     changes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_common::testing::FakeRequest;
+    use rsa::sha2::{Digest, Sha256};
+    use serde_json::json;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// API keys `key-ada` (ada) in `x-api-key`; `/public` open, `/mixed` key optional,
+    /// everything else needs a key.
+    fn config(extra: serde_json::Value) -> AuthConfig {
+        let mut config = json!({
+            "api_keys": {"keys": {hex(&Sha256::digest(b"key-ada")): "ada"}},
+            "allow_cors_preflight": true,
+            "rules": [
+                {"match": {"path": {"prefix": "/public"}}},
+                {"match": {"path": {"prefix": "/mixed"}}, "requires": {"allow_missing": {"api_key": {}}}},
+                {"match": {"path": {"prefix": "/"}}, "requires": {"api_key": {}}}
+            ]
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            config[key] = value.clone();
+        }
+        AuthConfig::parse(config.to_string().as_bytes()).unwrap()
+    }
+
+    fn get(path: &str) -> FakeRequest {
+        FakeRequest::default().header(":method", "GET").header(":path", path)
+    }
+
+    fn decide_with(config: &AuthConfig, mut request: FakeRequest, locked: bool) -> Decision {
+        decide(config, &mut KeyRing::new(config), &mut request, Some(1_764_000_000), locked, &mut Vec::new())
+    }
+
+    fn status(decision: &Decision) -> u32 {
+        match decision {
+            Decision::Allow(_) => 200,
+            Decision::Deny(denial) => denial.status,
+        }
+    }
+
+    #[test]
+    fn the_first_matching_rule_decides() {
+        let config = config(json!({}));
+        assert_eq!(decide_with(&config, get("/public/x"), false), Decision::Allow(Changes::default()));
+        assert_eq!(status(&decide_with(&config, get("/orders"), false)), 401);
+        assert_eq!(status(&decide_with(&config, get("/mixed"), false)), 200, "no key at all is allowed there");
+        let wrong = get("/mixed").header("x-api-key", "guess");
+        assert_eq!(status(&decide_with(&config, wrong, false)), 401, "a key that is present must be valid");
+    }
+
+    #[test]
+    fn a_valid_key_names_the_consumer_and_is_not_forwarded() {
+        let config = config(json!({}));
+        let Decision::Allow(changes) = decide_with(&config, get("/orders").header("x-api-key", "key-ada"), false)
+        else {
+            panic!("refused")
+        };
+        assert_eq!(changes.set_headers, [("x-gateway-consumer".to_string(), "ada".to_string())]);
+        assert_eq!(changes.remove_headers, ["x-api-key"]);
+    }
+
+    #[test]
+    fn a_key_in_the_query_is_removed_from_the_path() {
+        let config =
+            config(json!({"api_keys": {"from_param": "key", "keys": {hex(&Sha256::digest(b"key-ada")): "ada"}}}));
+        let Decision::Allow(changes) = decide_with(&config, get("/orders?a=1&key=key-ada&b=2"), false) else {
+            panic!("refused")
+        };
+        assert_eq!(changes.new_path.as_deref(), Some("/orders?a=1&b=2"));
+    }
+
+    #[test]
+    fn refusals_carry_rfc_6750_challenges() {
+        let config = config(json!({}));
+        let Decision::Deny(missing) = decide_with(&config, get("/orders"), false) else { panic!("allowed") };
+        assert_eq!(missing.www_authenticate.as_deref(), Some("Bearer realm=\"gateway\""));
+        let Decision::Deny(invalid) = decide_with(&config, get("/orders").header("x-api-key", "nope"), false) else {
+            panic!("allowed")
+        };
+        assert_eq!((invalid.status, invalid.error), (401, "invalid_token"));
+        assert!(invalid.www_authenticate.unwrap().contains("error=\"invalid_token\""));
+    }
+
+    #[test]
+    fn no_rule_is_forbidden_and_cors_preflights_pass() {
+        let config = AuthConfig::parse(
+            br#"{"allow_cors_preflight": true, "rules": [{"match": {"path": {"prefix": "/only"}}}]}"#,
+        )
+        .unwrap();
+        let Decision::Deny(denial) = decide_with(&config, get("/elsewhere"), false) else { panic!("allowed") };
+        assert_eq!((denial.status, denial.error), (403, "forbidden"));
+        let preflight = FakeRequest::default()
+            .header(":method", "OPTIONS")
+            .header(":path", "/elsewhere")
+            .header("origin", "https://app.test")
+            .header("access-control-request-method", "POST");
+        assert_eq!(status(&decide_with(&config, preflight, false)), 200);
+    }
+
+    #[test]
+    fn a_locked_out_client_gets_429_for_credentials_and_nothing_is_checked() {
+        let config = config(json!({}));
+        let Decision::Deny(denial) = decide_with(&config, get("/orders").header("x-api-key", "key-ada"), true) else {
+            panic!("allowed")
+        };
+        assert_eq!((denial.status, denial.error), (429, THROTTLED));
+        assert_eq!(status(&decide_with(&config, get("/orders"), true)), 401, "no credential: decided as usual");
+        assert_eq!(status(&decide_with(&config, get("/public"), true)), 200);
+    }
+}

@@ -552,3 +552,115 @@ fn compile_requirement(
         )?)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parse(config: Value) -> Result<AuthConfig, ConfigError> {
+        AuthConfig::parse(config.to_string().as_bytes())
+    }
+
+    fn error(config: Value) -> ConfigError {
+        parse(config).err().unwrap()
+    }
+
+    fn hmac_jwks() -> String {
+        json!({"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0LWtleS1mb3ItdGVzdHMtb25seS0zMi1ieXRlcw"}]})
+            .to_string()
+    }
+
+    fn with_provider(provider: Value) -> Value {
+        json!({"providers": {"idp": provider}, "rules": [{"requires": {"provider_name": "idp"}}]})
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(json!({"rules": [{}]})).unwrap();
+        assert_eq!(config.consumer_header, "x-gateway-consumer");
+        assert_eq!(config.realm, "gateway");
+        assert_eq!(config.owned_headers, ["x-gateway-consumer"]);
+        assert!(config.brute_force_guard.is_none() && config.api_keys.is_none() && !config.access_log_fields);
+        assert!(config.rules[0].requires.is_none());
+        let config = parse(with_provider(json!({"local_jwks": {"inline_string": hmac_jwks()}}))).unwrap();
+        let provider = &config.providers[0];
+        assert_eq!(provider.algorithms, DEFAULT_ALGORITHMS, "HMAC only when asked for");
+        assert_eq!(provider.sources, [TokenSource::Header { name: "authorization".into(), prefix: "Bearer ".into() }]);
+        assert_eq!((provider.clock_skew_seconds, provider.consumer_claim.as_str()), (60, "sub"));
+    }
+
+    #[test]
+    fn remote_key_sets_have_envoys_defaults_and_their_uri_split() {
+        let uri = json!({"uri": "https://idp.example/.well-known/jwks.json", "cluster": "idp"});
+        let config = parse(with_provider(json!({"remote_jwks": {"http_uri": uri}}))).unwrap();
+        let JwksSource::Remote(remote) = &config.providers[0].jwks else { panic!("not remote") };
+        assert_eq!((remote.authority.as_str(), remote.path.as_str()), ("idp.example", "/.well-known/jwks.json"));
+        assert_eq!(remote.timeout, Duration::from_secs(1));
+        assert_eq!(remote.cache_duration, Duration::from_secs(300));
+        assert_eq!(remote.max_staleness, Duration::from_secs(3600));
+        assert_eq!(remote.refetch_cooldown, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn headers_the_filter_sets_are_owned_so_clients_cannot_send_them() {
+        let config = parse(with_provider(json!({
+            "local_jwks": {"inline_string": hmac_jwks()},
+            "claim_to_headers": [{"header_name": "X-Team", "claim_name": "org.team"}],
+            "forward_payload_header": "x-payload"
+        })))
+        .unwrap();
+        assert_eq!(config.owned_headers, ["x-gateway-consumer", "x-team", "x-payload"]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let local = json!({"local_jwks": {"inline_string": hmac_jwks()}});
+        let cases = [
+            (json!({"rules": []}), "rules"),
+            (json!({"rules": [{}], "realm": "a\"b"}), "realm"),
+            (json!({"rules": [{}], "consumer_header": "bad header"}), "consumer_header"),
+            (json!({"providers": {"a.b": local}, "rules": [{}]}), "providers.a.b"),
+            (with_provider(json!({})), "providers.idp"),
+            (
+                with_provider(json!({"local_jwks": {"inline_string": hmac_jwks()}, "algorithms": ["none"]})),
+                "providers.idp.algorithms[0]",
+            ),
+            (with_provider(json!({"local_jwks": {"inline_string": "{}"}})), "providers.idp.local_jwks.inline_string"),
+            (
+                with_provider(json!({"remote_jwks": {"http_uri": {"uri": "ftp://x/", "cluster": "c"}}})),
+                "providers.idp.remote_jwks.http_uri.uri",
+            ),
+            (
+                with_provider(
+                    json!({"remote_jwks": {"http_uri": {"uri": "http://x/", "cluster": "c"}, "cache_duration": "0s"}}),
+                ),
+                "providers.idp.remote_jwks.cache_duration",
+            ),
+            (json!({"rules": [{"requires": {"provider_name": "nobody"}}]}), "rules[0].requires.provider_name"),
+            (json!({"rules": [{"requires": {"api_key": {}}}]}), "rules[0].requires.api_key"),
+            (json!({"rules": [{"requires": {"requires_any": []}}]}), "rules[0].requires"),
+            (json!({"rules": [{"match": {"methods": ["G T"]}}]}), "rules[0].match.methods[0]"),
+            (
+                json!({"rules": [{}], "brute_force_guard": {"max_failures": 0, "window": "1m"}}),
+                "brute_force_guard.max_failures",
+            ),
+            (
+                json!({"rules": [{}], "brute_force_guard": {"max_failures": 5, "window": "2d"}}),
+                "brute_force_guard.window",
+            ),
+        ];
+        for (config, field) in cases {
+            assert_eq!(error(config.clone()).field, field, "{config}");
+        }
+        let unknown = error(json!({"rules": [{}], "realms": "x"}));
+        assert!(unknown.message.contains("unknown field `realms`"), "{unknown}");
+    }
+
+    #[test]
+    fn a_key_pasted_instead_of_its_digest_is_refused_without_echoing_it() {
+        let error = error(json!({"api_keys": {"keys": {"my-secret-key": "ada"}}, "rules": [{}]}));
+        assert_eq!(error.field, "api_keys.keys");
+        assert!(!error.to_string().contains("my-secret-key"));
+    }
+}

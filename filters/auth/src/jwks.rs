@@ -142,3 +142,65 @@ fn signature_algorithm(named: &KeyAlgorithm) -> Option<Algorithm> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn fixture(name: &str) -> Value {
+        let keys: Value = serde_json::from_str(include_str!("../tests/fixtures/test_keys.json")).unwrap();
+        keys[name]["jwk"].clone()
+    }
+
+    fn parse_keys(keys: Vec<Value>) -> Result<(Vec<Key>, Vec<String>), String> {
+        parse(json!({ "keys": keys }).to_string().as_bytes())
+    }
+
+    #[test]
+    fn usable_keys_are_kept_and_the_others_skipped_with_the_reason() {
+        let mut encryption = fixture("ec_p256");
+        encryption["use"] = json!("enc");
+        let mut secp256k1 = fixture("ec_p256");
+        secp256k1["crv"] = json!("secp256k1");
+        let (keys, skipped) = parse_keys(vec![
+            fixture("rsa"),
+            fixture("rsa_1024"),
+            encryption,
+            fixture("ed25519"),
+            secp256k1,
+            json!({"kty": "nope"}),
+        ])
+        .unwrap();
+        let kids: Vec<_> = keys.iter().map(|key| key.kid.clone().unwrap_or_default()).collect();
+        assert_eq!(kids, ["rsa-1", "ed-1"]);
+        assert!(keys[0].rsa.is_some() && keys[1].rsa.is_none(), "RSA keys come prepared");
+        assert_eq!(skipped.len(), 4);
+        assert!(skipped[0].starts_with("keys[1]: an RSA key of about 1024 bits"), "{skipped:?}");
+        assert!(skipped[1].contains("encryption key"));
+        assert!(skipped[2].contains("not supported") || skipped[2].contains("JWK"), "{skipped:?}");
+    }
+
+    #[test]
+    fn a_set_with_nothing_usable_or_no_keys_is_an_error() {
+        assert!(parse(b"not json").unwrap_err().contains("not JSON"));
+        assert!(parse(b"{}").unwrap_err().contains("no `keys` array"));
+        assert!(parse_keys(vec![fixture("rsa_1024")]).unwrap_err().contains("no usable key"));
+        let huge = vec![b' '; MAX_JWKS_BYTES + 1];
+        assert!(parse(&huge).unwrap_err().contains("more than"));
+    }
+
+    #[test]
+    fn a_key_verifies_only_its_own_family_and_its_own_alg() {
+        let (keys, _) = parse_keys(vec![fixture("rsa"), fixture("ec_p256"), fixture("hmac")]).unwrap();
+        let (rsa, ec, hmac) = (&keys[0], &keys[1], &keys[2]);
+        assert!(rsa.accepts(Algorithm::RS256) && rsa.accepts(Algorithm::PS512));
+        assert!(!rsa.accepts(Algorithm::ES256) && !rsa.accepts(Algorithm::HS256), "no algorithm confusion");
+        assert!(ec.accepts(Algorithm::ES256) && !ec.accepts(Algorithm::ES384));
+        assert!(hmac.accepts(Algorithm::HS512) && !hmac.accepts(Algorithm::RS256));
+        let mut pinned = fixture("rsa");
+        pinned["alg"] = json!("RS384");
+        let (keys, _) = parse_keys(vec![pinned]).unwrap();
+        assert!(keys[0].accepts(Algorithm::RS384) && !keys[0].accepts(Algorithm::RS256));
+    }
+}

@@ -220,3 +220,123 @@ fn normalize_audience(audience: &str) -> &str {
 pub fn claim<'c>(claims: &'c Value, path: &str) -> Option<&'c Value> {
     path.split('.').try_fold(claims, |value, key| value.get(key))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuthConfig, JwksSource};
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"secret-key-for-tests-only-32-bytes";
+    const NOW: u64 = 1_764_000_000;
+
+    fn provider(extra: Value) -> (Provider, Vec<Key>) {
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+        let mut provider = json!({
+            "issuer": "https://idp.test", "audiences": ["https://orders.test/"], "algorithms": ["HS256"],
+            "local_jwks": {"inline_string": json!({"keys": [{"kty": "oct", "kid": "k1", "k": k}]}).to_string()}
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            provider[key] = value.clone();
+        }
+        let config = json!({"providers": {"idp": provider}, "rules": [{}]});
+        let config = AuthConfig::parse(config.to_string().as_bytes()).unwrap();
+        let provider = config.providers.into_iter().next().unwrap();
+        let JwksSource::Local(keys) = &provider.jwks else { panic!("local") };
+        let keys = keys.clone();
+        (provider, keys)
+    }
+
+    fn token(kid: &str, claims: Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(kid.into());
+        encode(&header, &claims, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn good() -> Value {
+        json!({"iss": "https://idp.test", "aud": "orders.test", "sub": "ada", "exp": NOW + 60, "scope": "a b"})
+    }
+
+    fn verdict(extra: Value, token: &str) -> Result<Verified, Rejection> {
+        let (provider, keys) = provider(extra);
+        verify(token, &provider, &keys, NOW)
+    }
+
+    #[test]
+    fn a_good_token_gives_its_claims_and_payload() {
+        let token = token("k1", good());
+        let verified = verdict(json!({}), &token).unwrap();
+        assert_eq!(verified.claims["sub"], "ada");
+        assert_eq!(verified.payload, token.split('.').nth(1).unwrap());
+    }
+
+    #[test]
+    fn claims_are_checked_against_the_clock_and_the_provider() {
+        let with = |change: Value| {
+            let mut claims = good();
+            for (key, value) in change.as_object().unwrap() {
+                claims[key] = value.clone();
+            }
+            token("k1", claims)
+        };
+        let invalid = |extra: Value, token: String| match verdict(extra, &token) {
+            Err(Rejection::Invalid(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(invalid(json!({}), with(json!({"exp": NOW - 61}))), "the token has expired");
+        assert!(verdict(json!({}), &with(json!({"exp": NOW - 59}))).is_ok(), "within the clock skew");
+        assert_eq!(invalid(json!({}), with(json!({"nbf": NOW + 61}))), "the token is not valid yet");
+        assert_eq!(invalid(json!({}), with(json!({"exp": "soon"}))), "a time claim is not a number");
+        assert_eq!(invalid(json!({}), with(json!({"iss": "https://evil.test"}))), "the token's issuer is not accepted");
+        assert_eq!(invalid(json!({}), with(json!({"aud": ["other"]}))), "the token's audience is not accepted");
+        assert_eq!(
+            invalid(json!({"max_lifetime_seconds": 30}), with(json!({"iat": NOW}))),
+            "the token's lifetime is longer than allowed"
+        );
+        assert_eq!(
+            invalid(
+                json!({"require_expiration": true}),
+                token("k1", json!({"iss": "https://idp.test", "aud": "orders.test"}))
+            ),
+            "the token has no expiration"
+        );
+        match verdict(json!({"required_claims": {"scope": "c"}}), &with(json!({}))) {
+            Err(Rejection::Forbidden(why)) => assert!(why.contains("`scope`")),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            verdict(json!({"required_claims": {"scope": "b"}}), &with(json!({}))).is_ok(),
+            "space-separated scopes"
+        );
+    }
+
+    #[test]
+    fn the_token_itself_must_be_well_formed_signed_and_known() {
+        let signed = token("k1", good());
+        let (header, rest) = signed.split_once('.').unwrap();
+        let invalid = |token: &str| match verdict(json!({}), token) {
+            Err(Rejection::Invalid(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(invalid("a.b"), "the token is not three base64url segments");
+        assert_eq!(invalid(&format!("{header}.{rest}x")), "the token's signature is invalid");
+        assert_eq!(invalid(&"a".repeat(MAX_TOKEN_BYTES + 1)), "the token is too large");
+        let crit = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(json!({"alg": "HS256", "kid": "k1", "crit": ["x"]}).to_string());
+        assert_eq!(invalid(&format!("{crit}.{rest}")), "the token has critical header parameters");
+        let rs256 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"alg": "RS256"}).to_string());
+        assert_eq!(invalid(&format!("{rs256}.{rest}")), "the token's algorithm is not allowed");
+        assert_eq!(verdict(json!({}), &token("k2", good())).err(), Some(Rejection::UnknownKey));
+        let (provider, _) = provider(json!({}));
+        assert_eq!(verify(&signed, &provider, &[], NOW).err(), Some(Rejection::NoKeys));
+    }
+
+    #[test]
+    fn a_claim_is_found_by_its_dotted_path() {
+        let claims = json!({"realm_access": {"roles": ["admin"]}, "sub": "ada"});
+        assert_eq!(claim(&claims, "realm_access.roles"), Some(&json!(["admin"])));
+        assert_eq!(claim(&claims, "sub"), Some(&json!("ada")));
+        assert_eq!(claim(&claims, "realm_access.missing"), None);
+    }
+}

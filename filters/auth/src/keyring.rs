@@ -96,3 +96,54 @@ impl KeyRing {
         self.cache.iter().map(HashMap::len).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ring() -> KeyRing {
+        let jwks = json!({"keys": [{"kty": "oct", "kid": "k1", "k": "c2VjcmV0"}]}).to_string();
+        let config = json!({
+            "providers": {"idp": {"algorithms": ["HS256"], "local_jwks": {"inline_string": jwks}}},
+            "rules": [{}]
+        });
+        KeyRing::new(&AuthConfig::parse(config.to_string().as_bytes()).unwrap())
+    }
+
+    fn verified(sub: &str) -> Rc<Verified> {
+        Rc::new(Verified { claims: json!({ "sub": sub }), payload: String::new() })
+    }
+
+    #[test]
+    fn a_verified_token_is_reused_until_it_expires() {
+        let mut ring = ring();
+        assert!(ring.has_keys(0) && !ring.has_keys(1));
+        ring.remember(0, "t".into(), verified("ada"), Some(100), 10);
+        assert_eq!(ring.cached(0, "t", 100).unwrap().claims["sub"], "ada");
+        assert!(ring.cached(0, "t", 101).is_none(), "expired");
+        assert!(ring.cached(0, "other", 50).is_none());
+        ring.remember(0, "u".into(), verified("grace"), None, 10);
+        assert!(ring.cached(0, "u", 10 + CACHE_SECONDS_WITHOUT_EXP).is_some());
+        assert!(ring.cached(0, "u", 11 + CACHE_SECONDS_WITHOUT_EXP).is_none(), "re-verified at least this often");
+    }
+
+    #[test]
+    fn new_keys_invalidate_what_the_old_ones_verified() {
+        let mut ring = ring();
+        ring.remember(0, "t".into(), verified("ada"), Some(100), 10);
+        ring.replace(0, Vec::new());
+        assert!(ring.cached(0, "t", 20).is_none());
+        assert!(!ring.has_keys(0));
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let mut ring = ring();
+        for n in 0..CACHE_CAPACITY + 10 {
+            ring.remember(0, format!("t{n}"), verified("x"), Some(100), 10);
+        }
+        assert_eq!(ring.cached_tokens(), CACHE_CAPACITY);
+        assert!(ring.cached(0, &format!("t{}", CACHE_CAPACITY + 9), 20).is_some(), "the newest is kept");
+    }
+}
