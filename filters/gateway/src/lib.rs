@@ -52,6 +52,9 @@ pub fn stages(configuration: &[u8], host: &dyn Host) -> Result<Vec<Box<dyn Stage
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_common::host::HeaderMap;
+    use gateway_common::request::{Request, RequestMemo};
+    use gateway_common::stage::Flow;
     use gateway_common::testing::FakeHost;
 
     fn error(configuration: &str) -> String {
@@ -72,6 +75,31 @@ mod tests {
         );
         assert!(error(r#"{"metrics": {"labels": 1}}"#).starts_with("metrics: invalid configuration at `labels`"));
         assert!(error(r#"{"ratelimit": {"rules": [{"name": "a"}]}}"#).starts_with("ratelimit: "));
+    }
+
+    #[test]
+    fn the_consumer_reaches_the_later_stages_without_a_header_read() {
+        let digest = "70b76273e483b572d0434e1b7e43ea0a7f7e737bc7bb33b2eb382fe59976c72d"; // SHA-256 of `key-ada`
+        let config = format!(
+            r#"{{"auth": {{"api_keys": {{"keys": {{"{digest}": "ada"}}}}, "rules": [{{"requires": {{"api_key": {{}}}}}}]}},
+                "ratelimit": {{"rules": [{{"name": "per-consumer", "key": ["consumer"], "limit": {{"requests": 1, "per": "minute"}}}}]}}}}"#
+        );
+        let host = FakeHost::default().with_clock_millis(1_764_000_000_000);
+        let stages = stages(config.as_bytes(), &host).unwrap();
+        let run = || -> Vec<Flow> {
+            host.clear_headers();
+            host.put_header(HeaderMap::Request, "x-api-key", "key-ada");
+            host.put_header(HeaderMap::Request, "x-gateway-consumer", "mallory");
+            let mut memo = RequestMemo::default();
+            let mut streams: Vec<_> = stages.iter().map(|stage| stage.new_stream()).collect();
+            streams.iter_mut().map(|stream| stream.on_request_headers(&mut Request::new(&host, &mut memo), 1)).collect()
+        };
+        assert_eq!(run(), [Flow::Continue, Flow::Continue]);
+        assert_eq!(host.request_header("x-gateway-consumer").as_deref(), Some("ada"), "the upstream gets the identity");
+        assert_eq!(host.calls_named("header"), 1, "only the API key is read: ratelimit takes the consumer auth set");
+        // Ratelimit keyed the request on ada, not on the client's claim: her second is over.
+        assert_eq!(run(), [Flow::Continue, Flow::Pause]);
+        assert_eq!(host.replies.borrow().last().map(|reply| reply.status), Some(429));
     }
 
     #[test]

@@ -303,6 +303,38 @@ fn main() {
         )
     });
 
+    // Another build of the same filters (`BENCH_BASELINE_DIR`, e.g. the previous release's
+    // modules), measured in the same rounds: a change's effect without run-to-run drift.
+    if let Some(dir) = std::env::var_os("BENCH_BASELINE_DIR").filter(|dir| !dir.is_empty()) {
+        let module = |name: &str| std::path::PathBuf::from(&dir).join(format!("{name}.wasm"));
+        let baseline = |gateway: Gateway, name: &str, config: Value| {
+            gateway.wasm_filter_at(name, &module(name), config, "FAIL_CLOSED")
+        };
+        variants.push(start(
+            "metrics-base",
+            "+ metrics filter, baseline build",
+            baseline(base(), "metrics", json!({})),
+        ));
+        variants.push(start(
+            "rl-hot-base",
+            "+ ratelimit, one hot key, baseline build",
+            baseline(base(), "ratelimit", never_limiting(json!([{"fixed": "all"}]), true)),
+        ));
+        variants.push(with_token(start(
+            "auth-hot-base",
+            "+ auth, RS256, the same token every request, baseline build",
+            baseline(base(), "auth", tokens.ours()),
+        )));
+        variants.push(Variant {
+            script: Some(("token_pool.lua", pool_argument(&tokens.pool_file))),
+            ..start(
+                "auth-fresh-base",
+                "+ auth, RS256, a token not seen recently, baseline build",
+                baseline(base(), "auth", tokens.ours()),
+            )
+        });
+    }
+
     // The whole suite on every request: metrics, auth (the same RS256 token), ratelimit (one hot
     // key) and aggregate (its endpoint is elsewhere, so it passes the request on), as four
     // modules and as the bundle; and Envoy's native pair for the same jobs.
@@ -595,6 +627,20 @@ fn report(variants: &[Variant], settings: &Settings) {
             println!(
                 "  (Envoy's native jwt_authn + local_ratelimit in the same run: {:.2}x bare)",
                 median(per_round.into_iter())
+            );
+        }
+    }
+    for (variant, baseline) in [
+        ("metrics", "metrics-base"),
+        ("rl-hot", "rl-hot-base"),
+        ("auth-hot", "auth-hot-base"),
+        ("auth-fresh", "auth-fresh-base"),
+    ] {
+        if let (Some(new), Some(old)) = (find(variant), find(baseline)) {
+            let (new, old) = (added_median(new), added_median(old));
+            println!(
+                "{variant} against the baseline build: adds {new:+.1} µs, the baseline {old:+.1} µs ({:.2}x)",
+                new / old
             );
         }
     }
