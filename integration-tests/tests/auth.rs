@@ -346,3 +346,42 @@ fn a_bad_configuration_is_refused_with_the_field_named() {
         assert!(!error.contains("plaintext-key"), "a key pasted by mistake reached the log");
     }
 }
+
+/// The brute-force guard in Envoy: after `max_failures` invalid tokens from one client, its
+/// credentials get 429 without being verified, until the window ends; tokens verified before
+/// still pass.
+#[test]
+fn the_brute_force_guard_answers_429_after_too_many_failures() {
+    let keys = test_keys();
+    let backend = Backend::echo("api");
+    let config = json!({
+        "providers": {"main": {"issuer": "https://issuer.test", "local_jwks": {"inline_string": json!({"keys": [keys["rsa"]["jwk"]]}).to_string()}}},
+        "brute_force_guard": {"max_failures": 3, "window": "1m"},
+        "rules": [{"match": {"path": {"prefix": "/public/"}}}, {"requires": {"provider_name": "main"}}]
+    });
+    let gateway = Gateway::new().cluster("api", &[backend.port()]).route("api", "/", "api").wasm_filter("auth", config);
+    // One worker: the guard counts per worker.
+    let envoy = Envoy::start(&gateway.render(), 1);
+    let token = |sub: &str| {
+        mint(&keys, Algorithm::RS256, &json!({"iss": "https://issuer.test", "sub": sub, "exp": now() + 600}))
+    };
+    let bearer = |token: &str| format!("Bearer {token}");
+    let good = token("ada");
+    assert_eq!(get(&envoy, "/orders", &[("authorization", &bearer(&good))]).status, 200);
+    let other = token("mallory");
+    let (signed, _) = good.rsplit_once('.').unwrap();
+    let forged = format!("{signed}.{}", other.rsplit_once('.').unwrap().1);
+    for _ in 0..3 {
+        assert_eq!(get(&envoy, "/orders", &[("authorization", &bearer(&forged))]).status, 401);
+    }
+    let locked = get(&envoy, "/orders", &[("authorization", &bearer(&token("grace")))]);
+    eprintln!("{} {:?}\n{}", locked.status, locked.headers, locked.text());
+    assert_eq!(locked.status, 429, "a valid token not verified before is not verified now");
+    let retry_after: u64 = locked.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(locked.json()["error"], "too_many_failed_authentications");
+    assert_eq!(get(&envoy, "/orders", &[("authorization", &bearer(&good))]).status, 200, "verified before");
+    assert_eq!(get(&envoy, "/public/x", &[]).status, 200, "no credential, no lock");
+    assert_eq!(envoy.eventually_sample("gateway_auth_requests_total", &[("result", "throttled")], 1.0), 1.0);
+    assert_eq!(envoy.eventually_sample("gateway_auth_requests_total", &[("result", "invalid")], 3.0), 3.0);
+}
