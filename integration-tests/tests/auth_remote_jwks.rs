@@ -248,3 +248,48 @@ fn the_last_good_set_outlives_failed_refreshes_and_garbage_never_replaces_it() {
     let failures = envoy.sample("gateway_auth_jwks_fetches_total", &[("provider", "idp"), ("result", "failure")]);
     assert!(failures >= 6.0, "failed fetches counted: {failures}");
 }
+
+/// A request held for a key set fetch goes on through the filters after auth once it passes:
+/// here the aggregate filter answers it from its own calls (in the bundle, these calls start in
+/// the worker's callback that wakes the request, and their answers must reach the request).
+#[test]
+fn a_held_request_goes_on_through_the_filters_after_auth() {
+    let keys = test_keys();
+    let (server, key_backend) = KeyServer::start(200, &jwks(&keys, &["rsa"]));
+    let api = Backend::echo("api");
+    let config = json!({
+        "providers": {"idp": {"issuer": "https://idp.test", "remote_jwks": {
+            "http_uri": {"uri": "http://idp.test/.well-known/jwks.json", "cluster": "idp", "timeout": "1s"}}}},
+        "rules": [{"requires": {"provider_name": "idp"}}]
+    });
+    let aggregate = json!({"endpoints": [{"path": "/dashboard", "backends": [
+        {"name": "first", "cluster": "api", "path": "/one"},
+        {"name": "second", "cluster": "api", "path": "/two"}
+    ]}]});
+    let gateway = Gateway::new()
+        .cluster("api", &[api.port()])
+        .cluster("idp", &[key_backend.port()])
+        .route("api", "/", "api")
+        .wasm_filter("auth", config)
+        .wasm_filter("aggregate", aggregate);
+    let envoy = Envoy::start(&gateway.render(), 1);
+    let old = token(&keys, Algorithm::RS256, "rsa", "rsa-1");
+    until(&envoy, &old, 200, 5);
+
+    server.serve(200, &jwks(&keys, &["rsa", "ec_p256"]));
+    let new = token(&keys, Algorithm::ES256, "ec_p256", "ec_p256");
+    let hits_before = api.hits();
+    let started = Instant::now();
+    let held =
+        client::request("GET", &format!("{}/dashboard", envoy.url()), &[("authorization", &format!("Bearer {new}"))]);
+    assert_eq!(held.status, 200, "{}", held.text());
+    // The echoes of both calls, merged (the later one's fields win), and the consumer auth set.
+    let merged = held.json();
+    assert_eq!(
+        (merged["service"].as_str(), merged["headers"]["x-gateway-consumer"].as_str()),
+        (Some("api"), Some("ada"))
+    );
+    assert_eq!(api.hits() - hits_before, 2, "both backends were called");
+    assert!(started.elapsed() < Duration::from_secs(2), "held only for the fetch: {:?}", started.elapsed());
+    assert_eq!(server.fetch_count(), 2);
+}

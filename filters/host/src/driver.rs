@@ -4,7 +4,7 @@
 //! the response (encoder order), as separate filters would; a stage that pauses holds the
 //! later ones until it says the request may go on.
 
-use crate::proxy_host::{plugin_configuration, take_host_calls, ProxyHost};
+use crate::proxy_host::{plugin_configuration, record_calls, recorded_calls, take_host_calls, ProxyHost};
 use gateway_common::counter::BatchedCounter;
 use gateway_common::host::{Host, COUNTER_FLUSH_PERIOD};
 use gateway_common::request::{Request, RequestMemo};
@@ -44,6 +44,9 @@ fn no_stages(_: &[u8], _: &dyn Host) -> Result<Vec<Box<dyn Stage>>, String> {
 struct Chain {
     stages: Vec<Box<dyn Stage>>,
     paused: RefCell<HashMap<u32, Weak<RefCell<ChainStream>>>>,
+    /// Calls that paused streams' stages started from the root's callbacks, to the stream's
+    /// context id: their answers come to the root (see `record_calls`).
+    root_started_calls: RefCell<HashMap<u32, u32>>,
     tick: Cell<Duration>,
     host_calls: BatchedCounter,
     callbacks: BatchedCounter,
@@ -91,9 +94,36 @@ impl Chain {
             if stream.paused_at != Some(stage) {
                 continue;
             }
+            record_calls();
             let flow = stream.with_stage(stage, |stage, request| stage.on_wake(request)).unwrap_or(Flow::Continue);
             stream.continue_after(self, stage, flow, context_id);
+            self.note_root_started_calls(context_id);
         }
+    }
+
+    fn note_root_started_calls(&self, context_id: u32) {
+        let mut calls = self.root_started_calls.borrow_mut();
+        calls.extend(recorded_calls().into_iter().map(|token| (token, context_id)));
+    }
+
+    /// The answer to a call a paused stream's stage started from a root callback: handed to
+    /// that stream, as if the stream had received it. False when the call is not one of those.
+    fn answer_for_stream(
+        &self,
+        token: u32,
+        answer: impl Fn(&mut dyn StageStream, &mut Request) -> Option<Flow>,
+    ) -> bool {
+        let Some(context_id) = self.root_started_calls.borrow_mut().remove(&token) else { return false };
+        let Some(stream) = self.paused.borrow().get(&context_id).and_then(Weak::upgrade) else { return true };
+        if hostcalls::set_effective_context(context_id).is_err() {
+            return true;
+        }
+        if let Ok(mut stream) = stream.try_borrow_mut() {
+            record_calls();
+            stream.begin().answered(self, context_id, answer);
+            self.note_root_started_calls(context_id);
+        }
+        true
     }
 
     fn flush(&self) {
@@ -107,6 +137,12 @@ impl Context for ChainRoot {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some(chain) = &self.chain else { return };
         chain.callback();
+        let for_stream = |stage: &mut dyn StageStream, request: &mut Request| {
+            stage.on_call_response(request, token_id, num_headers, body_size)
+        };
+        if chain.answer_for_stream(token_id, for_stream) {
+            return;
+        }
         for (index, stage) in chain.stages.iter().enumerate() {
             if let Some(wakes) = stage.on_call_response(&ProxyHost, token_id, num_headers, body_size) {
                 chain.wake(index, wakes);
@@ -115,6 +151,17 @@ impl Context for ChainRoot {
             }
         }
         log::warn!("{}: an answer for unknown call {token_id}; ignored", self.name);
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(chain) = &self.chain else { return };
+        chain.callback();
+        let for_stream = |stage: &mut dyn StageStream, request: &mut Request| {
+            stage.on_grpc_response(request, token_id, status_code, response_size)
+        };
+        if !chain.answer_for_stream(token_id, for_stream) {
+            log::warn!("{}: an answer for unknown gRPC call {token_id}; ignored", self.name);
+        }
     }
 }
 
@@ -130,6 +177,7 @@ impl RootContext for ChainRoot {
         let chain = Chain {
             stages,
             paused: RefCell::new(HashMap::new()),
+            root_started_calls: RefCell::new(HashMap::new()),
             tick: Cell::new(Duration::ZERO),
             host_calls: BatchedCounter::define(&ProxyHost, "gateway_host_calls_total"),
             callbacks: BatchedCounter::define(&ProxyHost, "gateway_vm_callbacks_total"),
@@ -210,6 +258,25 @@ impl ChainStream {
         Flow::Continue
     }
 
+    /// Hands a call's answer to the stage that made the call, and continues the request if
+    /// that stage held it and now lets it go.
+    fn answered(
+        &mut self,
+        chain: &Chain,
+        context_id: u32,
+        answer: impl Fn(&mut dyn StageStream, &mut Request) -> Option<Flow>,
+    ) {
+        for index in 0..self.stages.len() {
+            if let Some(Some(flow)) = self.with_stage(index, &answer) {
+                if self.paused_at == Some(index) {
+                    self.continue_after(chain, index, flow, context_id);
+                }
+                return;
+            }
+        }
+        log::warn!("an answer for a call this request did not make; ignored");
+    }
+
     /// After stage `stage` decided `flow` for a paused request: run the rest of the stages
     /// and let the request go on if they all do.
     fn continue_after(&mut self, chain: &Chain, stage: usize, flow: Flow, context_id: u32) {
@@ -235,16 +302,7 @@ impl ChainHttp {
     fn call_answered(&mut self, answer: impl Fn(&mut dyn StageStream, &mut Request) -> Option<Flow>) {
         self.chain.callback();
         let Ok(mut stream) = self.stream.try_borrow_mut() else { return };
-        stream.begin();
-        for index in 0..stream.stages.len() {
-            if let Some(Some(flow)) = stream.with_stage(index, &answer) {
-                if stream.paused_at == Some(index) {
-                    stream.continue_after(&self.chain, index, flow, self.context_id);
-                }
-                return;
-            }
-        }
-        log::warn!("an answer for a call this request did not make; ignored");
+        stream.begin().answered(&self.chain, self.context_id, answer);
     }
 }
 
@@ -260,6 +318,10 @@ impl Context for ChainHttp {
     fn on_done(&mut self) -> bool {
         self.chain.callback();
         self.chain.paused.borrow_mut().remove(&self.context_id);
+        let mut root_started = self.chain.root_started_calls.borrow_mut();
+        if !root_started.is_empty() {
+            root_started.retain(|_, context_id| *context_id != self.context_id);
+        }
         true
     }
 }

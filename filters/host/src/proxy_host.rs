@@ -6,12 +6,34 @@ use gateway_common::host::{HeaderMap, Host, HostError, MetricKind};
 use gateway_common::shared::{SharedStore, StoreError, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::time::{Duration, UNIX_EPOCH};
 
 thread_local! {
     /// Host calls made since the last [`take_host_calls`] (a VM is single-threaded).
     static HOST_CALLS: Cell<u64> = const { Cell::new(0) };
+    /// The calls started while [`record_calls`] is on.
+    static STARTED_CALLS: RefCell<Option<Vec<u32>>> = const { RefCell::new(None) };
+}
+
+/// Starts noting the HTTP and gRPC calls stages start. The SDK delivers a call's answer to the
+/// context whose callback started it: a call a stream's stage starts from a root callback
+/// (which continues the stream) comes back to the root, which must hand it to the stream.
+pub(crate) fn record_calls() {
+    STARTED_CALLS.with(|calls| *calls.borrow_mut() = Some(Vec::new()));
+}
+
+/// The calls started since [`record_calls`]; stops noting them.
+pub(crate) fn recorded_calls() -> Vec<u32> {
+    STARTED_CALLS.with(|calls| calls.borrow_mut().take().unwrap_or_default())
+}
+
+fn started(token: &u32) {
+    STARTED_CALLS.with(|calls| {
+        if let Some(started) = calls.borrow_mut().as_mut() {
+            started.push(*token);
+        }
+    });
 }
 
 fn counted() {
@@ -100,7 +122,7 @@ impl Host for ProxyHost {
 
     fn http_call(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u32, HostError> {
         counted();
-        hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout).map_err(failed)
+        hostcalls::dispatch_http_call(cluster, headers.to_vec(), None, vec![], timeout).inspect(started).map_err(failed)
     }
 
     fn grpc_call(
@@ -112,7 +134,9 @@ impl Host for ProxyHost {
         timeout: Duration,
     ) -> Result<u32, HostError> {
         counted();
-        hostcalls::dispatch_grpc_call(cluster, service, method, Vec::new(), Some(message), timeout).map_err(failed)
+        hostcalls::dispatch_grpc_call(cluster, service, method, Vec::new(), Some(message), timeout)
+            .inspect(started)
+            .map_err(failed)
     }
 
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
