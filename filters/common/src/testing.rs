@@ -127,26 +127,9 @@ impl FakeHost {
         self.value(HeaderMap::Request, name).map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
     }
 
-    /// Every value of a response header, in order.
-    pub fn response_headers(&self, name: &str) -> Vec<String> {
-        self.headers
-            .borrow()
-            .get("response")
-            .into_iter()
-            .flatten()
-            .filter(|(known, _)| known == name)
-            .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
-            .collect()
-    }
-
     /// The sum of a counter's increments.
     pub fn counter(&self, name: &str) -> u64 {
         self.metrics.borrow().iter().filter(|(known, _, _)| known == name).flat_map(|(_, _, values)| values).sum()
-    }
-
-    /// The values recorded in a histogram.
-    pub fn histogram(&self, name: &str) -> Vec<u64> {
-        self.metrics.borrow().iter().filter(|(known, _, _)| known == name).flat_map(|(_, _, v)| v.clone()).collect()
     }
 
     /// How many host calls of one kind (the trait method's name) were made.
