@@ -56,34 +56,20 @@ impl Recorder {
         self.admitted.iter().try_for_each(|values| values.create_shared_key(store))
     }
 
-    /// Resolves one request's raw label values (in label order; `None` when absent) into
-    /// `key`, and lists in `overflowed` the index of every label whose value became `other`.
-    pub fn resolve(
-        &mut self,
-        raw_values: &[Option<Vec<u8>>],
-        store: &dyn SharedStore,
-        key: &mut SeriesKey,
-        overflowed: &mut Vec<usize>,
-    ) {
-        key.clear();
-        overflowed.clear();
-        for (index, (label, admitted)) in self.config.labels.iter().zip(self.admitted.iter_mut()).enumerate() {
-            let raw = raw_values.get(index).and_then(Option::as_deref);
-            let id = match raw.and_then(sanitize).map(|value| escape_reserved(value, &label.missing_value)) {
-                None => MISSING,
-                Some(value) => match admit(label, admitted, &value, store) {
-                    Some(id) => FIRST_VALUE + id,
-                    None => {
-                        overflowed.push(index);
-                        OTHER
-                    }
-                },
-            };
-            key.push(id);
+    /// Resolves the raw value of the label at `index` (`None` when absent) into its part of
+    /// a [`SeriesKey`]: [`MISSING`], [`OTHER`] (over the cap or not allowed: the caller counts
+    /// an overflow), or the admitted value's id.
+    pub fn resolve_label(&mut self, index: usize, raw: Option<&[u8]>, store: &dyn SharedStore) -> u32 {
+        let (Some(label), Some(admitted)) = (self.config.labels.get(index), self.admitted.get_mut(index)) else {
+            return MISSING;
+        };
+        match raw.and_then(sanitize).map(|value| escape_reserved(value, &label.missing_value)) {
+            None => MISSING,
+            Some(value) => admit(label, admitted, &value, store).map_or(OTHER, |id| FIRST_VALUE + id),
         }
     }
 
-    /// The stat names for a key made by [`Recorder::resolve`] on this recorder.
+    /// The stat names for a key made by [`Recorder::resolve_label`] on this recorder.
     pub fn series_names(&self, key: &[u32]) -> SeriesNames {
         let value = |index: usize| -> &str {
             let (Some(label), Some(admitted)) = (self.config.labels.get(index), self.admitted.get(index)) else {
@@ -151,14 +137,30 @@ mod tests {
         recorder
     }
 
-    fn raw(values: &[Option<&str>]) -> Vec<Option<Vec<u8>>> {
-        values.iter().map(|v| v.map(|s| s.as_bytes().to_vec())).collect()
+    /// Resolves one request's label values (in label order) into `key`, listing in
+    /// `overflowed` the labels that became `other`, as the stage does.
+    fn resolve(
+        recorder: &mut Recorder,
+        values: &[Option<&str>],
+        store: &MemoryStore,
+        key: &mut SeriesKey,
+        overflowed: &mut Vec<usize>,
+    ) {
+        key.clear();
+        overflowed.clear();
+        for (index, value) in values.iter().enumerate() {
+            let id = recorder.resolve_label(index, value.map(str::as_bytes), store);
+            if id == OTHER {
+                overflowed.push(index);
+            }
+            key.push(id);
+        }
     }
 
     /// Resolves and names one request: (requests_total name, overflowed label names).
     fn record(recorder: &mut Recorder, store: &MemoryStore, values: &[Option<&str>]) -> (SeriesNames, Vec<String>) {
         let (mut key, mut overflowed) = (vec![], vec![]);
-        recorder.resolve(&raw(values), store, &mut key, &mut overflowed);
+        resolve(recorder, values, store, &mut key, &mut overflowed);
         let overflow_names = overflowed.iter().map(|&i| recorder.overflow_name(i)).collect();
         (recorder.series_names(&key), overflow_names)
     }
@@ -194,15 +196,11 @@ mod tests {
         let store = MemoryStore::default();
         let mut recorder = recorder("{}", &store);
         let (mut a, mut b, mut c, mut overflowed) = (vec![], vec![], vec![], vec![]);
-        let alice = raw(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("alice")]);
-        recorder.resolve(&alice, &store, &mut a, &mut overflowed);
-        recorder.resolve(&alice, &store, &mut b, &mut overflowed);
-        recorder.resolve(
-            &raw(&[Some("r"), Some("u"), Some("GET"), Some("200"), Some("bob")]),
-            &store,
-            &mut c,
-            &mut overflowed,
-        );
+        let alice = [Some("r"), Some("u"), Some("GET"), Some("200"), Some("alice")];
+        resolve(&mut recorder, &alice, &store, &mut a, &mut overflowed);
+        resolve(&mut recorder, &alice, &store, &mut b, &mut overflowed);
+        let bob = [Some("r"), Some("u"), Some("GET"), Some("200"), Some("bob")];
+        resolve(&mut recorder, &bob, &store, &mut c, &mut overflowed);
         assert_eq!(a, b);
         assert_ne!(a, c);
     }

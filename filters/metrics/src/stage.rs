@@ -3,7 +3,7 @@
 //! of the stream, when every outcome is known.
 
 use crate::config::{LabelSource, MetricsConfig};
-use crate::recorder::{Recorder, SeriesKey};
+use crate::recorder::{Recorder, SeriesKey, OTHER};
 use gateway_common::host::{Host, MetricKind};
 use gateway_common::request::{Request, RequestFacts, CLUSTER_NAME, ROUTE_NAME};
 use gateway_common::stage::{Flow, Stage, StageStream};
@@ -103,15 +103,29 @@ impl StageStream for MetricsStream {
             (Some(started), Some(now)) => Some(now.saturating_sub(started) / 1_000_000),
             _ => None,
         };
-        let raw_values = read_label_values(worker.recorder.config(), request);
+        let host = request.host;
+        worker.key.clear();
+        worker.overflowed.clear();
+        for index in 0..worker.recorder.config().labels.len() {
+            let config = worker.recorder.config();
+            let raw = match config.labels.get(index) {
+                Some(label) => label_value(&label.source, &config.consumer_header, request),
+                None => None,
+            };
+            let id = worker.recorder.resolve_label(index, raw, host.shared_data());
+            if id == OTHER {
+                worker.overflowed.push(index);
+            }
+            worker.key.push(id);
+        }
         let sample = Sample { duration_ms, request_bytes: self.request_bytes, response_bytes: self.response_bytes };
-        worker.record(request.host, &raw_values, &sample);
+        worker.record(host, &sample);
     }
 }
 
 impl Worker {
-    fn record(&mut self, host: &dyn Host, raw_values: &[Option<Vec<u8>>], sample: &Sample) {
-        self.recorder.resolve(raw_values, host.shared_data(), &mut self.key, &mut self.overflowed);
+    /// Counts `sample` in the series of `self.key`, resolved for this request.
+    fn record(&mut self, host: &dyn Host, sample: &Sample) {
         for &label in &self.overflowed {
             let recorder = &self.recorder;
             let id = *self
@@ -157,23 +171,17 @@ impl SeriesIds {
     }
 }
 
-fn read_label_values(config: &MetricsConfig, request: &mut Request) -> Vec<Option<Vec<u8>>> {
-    config
-        .labels
-        .iter()
-        .map(|label| {
-            let value = match &label.source {
-                LabelSource::Route => request.property(&ROUTE_NAME),
-                LabelSource::Upstream => request.property(&CLUSTER_NAME),
-                // Local replies carry :status too; a stream reset before any response has none.
-                LabelSource::Code => request.response_header(":status"),
-                LabelSource::Consumer => request.header(&config.consumer_header),
-                LabelSource::Header(name) => request.header(name),
-                LabelSource::Method => request.header(":method"),
-            };
-            value.map(<[u8]>::to_vec)
-        })
-        .collect()
+/// The raw value of one label, read through the request view (each fact at most once).
+fn label_value<'r>(source: &LabelSource, consumer_header: &str, request: &'r mut Request) -> Option<&'r [u8]> {
+    match source {
+        LabelSource::Route => request.property(&ROUTE_NAME),
+        LabelSource::Upstream => request.property(&CLUSTER_NAME),
+        // Local replies carry :status too; a stream reset before any response has none.
+        LabelSource::Code => request.response_header(":status"),
+        LabelSource::Consumer => request.header(consumer_header),
+        LabelSource::Header(name) => request.header(name),
+        LabelSource::Method => request.header(":method"),
+    }
 }
 
 /// Defines one metric (the host returns the existing id for a name it knows). A refusal is
