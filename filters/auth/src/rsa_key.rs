@@ -7,7 +7,7 @@
 //! signature, the message), so the exponentiation runs in variable time: plain square and
 //! multiply over the public exponent's bits, 17 Montgomery products for e = 65537, where a
 //! constant-time windowed exponentiation (what the `rsa` crate does for every operation) costs
-//! about twice as many. Measured in Envoy: README, Benchmark. PS256/384/512 (rare in practice)
+//! about twice as many. Measured in Envoy: docs/benchmark.md. PS256/384/512 (rare in practice)
 //! use the `rsa` crate's verification with the same prepared key.
 
 use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
