@@ -9,6 +9,7 @@ use gateway_common::request_match::RequestMatch;
 use rsa::sha2::{Digest, Sha256};
 use serde_json::Value;
 use std::cell::{OnceCell, RefCell};
+use std::rc::Rc;
 
 pub use gateway_common::request::RequestFacts;
 
@@ -82,6 +83,8 @@ struct Identity {
     consumer: Option<String>,
     headers: Vec<(String, String)>,
     hide: Vec<Credential>,
+    /// The verified tokens behind it (none for an API key or a missing credential).
+    tokens: Vec<Rc<jwt::Verified>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +130,11 @@ pub fn decide(
     };
     let Some(requirement) = &rule.requires else { return Decision::Allow(Changes::default()) };
     let mut context = Context { config, ring, request, now: now_seconds, locked, refetch };
-    match check(requirement, &mut context) {
+    let checked = match check(requirement, &mut context) {
+        Check::Ok(identity) if !rule.required_claims.is_empty() => rule_claims(identity, &rule.required_claims),
+        other => other,
+    };
+    match checked {
         Check::Ok(identity) => Decision::Allow(changes(config, identity, request)),
         Check::Missing => Decision::Deny(Denial {
             status: 401,
@@ -217,6 +224,7 @@ fn check(requirement: &Requirement, context: &mut Context) -> Check {
                         identity.consumer = identity.consumer.or(part.consumer);
                         identity.headers.extend(part.headers);
                         identity.hide.extend(part.hide);
+                        identity.tokens.extend(part.tokens);
                     }
                     failure => return failure,
                 }
@@ -228,6 +236,26 @@ fn check(requirement: &Requirement, context: &mut Context) -> Check {
             other => other,
         },
     }
+}
+
+/// A rule's `required_claims`, on the identity its requirement gave: one of the verified
+/// tokens must grant them all. No credential at all asks for one (401); an API key carries
+/// no claims (403).
+fn rule_claims(identity: Identity, required: &[(String, String)]) -> Check {
+    if identity.tokens.is_empty() {
+        return match identity.consumer {
+            None => Check::Missing,
+            Some(_) => Check::Forbidden("this request needs a token with claims; an API key has none".into()),
+        };
+    }
+    let mut refusal = String::new();
+    for token in &identity.tokens {
+        match jwt::grants(&token.claims, required) {
+            Ok(()) => return Check::Ok(identity),
+            Err(why) => refusal = why,
+        }
+    }
+    Check::Forbidden(refusal)
 }
 
 fn check_provider(index: usize, context: &mut Context) -> Check {
@@ -246,8 +274,8 @@ fn check_provider(index: usize, context: &mut Context) -> Check {
             Ok(verified) => {
                 let exp = verified.claims.get("exp").and_then(serde_json::Value::as_f64).map(|exp| exp as u64);
                 let until = exp.map(|exp| exp.saturating_add(provider.clock_skew_seconds));
-                let verified = std::rc::Rc::new(verified);
-                context.ring.remember(index, token, std::rc::Rc::clone(&verified), until, now);
+                let verified = Rc::new(verified);
+                context.ring.remember(index, token, Rc::clone(&verified), until, now);
                 verified
             }
             Err(Rejection::Invalid(description)) => return Check::Invalid(description),
@@ -264,10 +292,10 @@ fn check_provider(index: usize, context: &mut Context) -> Check {
             Err(Rejection::Forbidden(description)) => return Check::Forbidden(description),
         },
     };
-    identity(provider, &verified, source)
+    identity(provider, verified, source)
 }
 
-fn identity(provider: &Provider, verified: &jwt::Verified, source: Credential) -> Check {
+fn identity(provider: &Provider, verified: Rc<jwt::Verified>, source: Credential) -> Check {
     let mut identity = Identity {
         consumer: claim(&verified.claims, &provider.consumer_claim).and_then(claim_text),
         ..Identity::default()
@@ -283,6 +311,7 @@ fn identity(provider: &Provider, verified: &jwt::Verified, source: Credential) -
     if !provider.forward {
         identity.hide.push(source);
     }
+    identity.tokens.push(verified);
     Check::Ok(identity)
 }
 
@@ -361,6 +390,7 @@ fn check_api_key(config: &AuthConfig, request: &Lazy) -> Check {
             consumer: Some(consumer.clone()),
             headers: vec![],
             hide: if keys.forward { vec![] } else { vec![credential] },
+            ..Identity::default()
         }),
         None => Check::Invalid("the API key is not valid"),
     }
@@ -443,6 +473,37 @@ mod tests {
             Decision::Allow(_) => 200,
             Decision::Deny(denial) => denial.status,
         }
+    }
+
+    #[test]
+    fn a_rule_can_require_claims_of_the_token_that_passed() {
+        use base64::Engine;
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let secret = b"secret-key-for-tests-only-32-bytes";
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let jwks = json!({"keys": [{"kty": "oct", "kid": "k1", "k": k}]}).to_string();
+        let config = config(json!({
+            "providers": {"idp": {"algorithms": ["HS256"], "local_jwks": {"inline_string": jwks}}},
+            "rules": [{
+                "match": {"prefix": "/orders"},
+                "requires": {"requires_any": {"requirements": [{"provider_name": "idp"}, {"api_key": {}}, {"allow_missing": {}}]}},
+                "required_claims": {"scope": "orders:write"}
+            }]
+        }));
+        let token = |scope: &str| {
+            let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+            header.kid = Some("k1".into());
+            let claims = json!({"sub": "ada", "scope": scope, "exp": 1_764_000_000u64 + 600});
+            encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+        };
+        let with_token = |scope: &str| get("/orders").header("authorization", &format!("Bearer {}", token(scope)));
+        assert_eq!(status(&decide_with(&config, with_token("orders:read orders:write"), false)), 200);
+        let Decision::Deny(denial) = decide_with(&config, with_token("orders:read"), false) else { panic!("allowed") };
+        assert_eq!((denial.status, denial.error), (403, "insufficient_scope"));
+        assert!(denial.message.contains("`scope`"), "{}", denial.message);
+        assert_eq!(status(&decide_with(&config, get("/orders"), false)), 401, "no credential: ask for one");
+        let with_key = get("/orders").header("x-api-key", "key-ada");
+        assert_eq!(status(&decide_with(&config, with_key, false)), 403, "an API key has no claims");
     }
 
     #[test]

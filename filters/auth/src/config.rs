@@ -59,6 +59,8 @@ struct RawProvider {
     #[serde(default)]
     require_expiration: bool,
     max_lifetime_seconds: Option<u64>,
+    /// Envoy's spelling of `max_lifetime_seconds`: a duration (`"86400s"`).
+    max_lifetime: Option<String>,
     #[serde(default)]
     required_claims: BTreeMap<String, String>,
     local_jwks: Option<RawLocalJwks>,
@@ -127,15 +129,28 @@ struct RawRule {
     #[serde(default, rename = "match")]
     matcher: RawMatch,
     requires: Option<RawRequirement>,
+    /// Claims the verified token must grant on this rule, as a provider's `required_claims`.
+    #[serde(default)]
+    required_claims: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
-    path: Option<RawPathMatch>,
+    path: Option<RawRulePath>,
+    /// Envoy's route-match spelling of `path: {prefix}` (`{"prefix": "/api"}`).
+    prefix: Option<String>,
     #[serde(default)]
     methods: Vec<String>,
     route: Option<String>,
+}
+
+/// `path: {"prefix": …}` (ours), or Envoy's route-match `path: "/exact"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRulePath {
+    Exact(String),
+    Match(RawPathMatch),
 }
 
 #[derive(Deserialize)]
@@ -143,9 +158,32 @@ struct RawMatch {
 enum RawRequirement {
     ProviderName(String),
     ApiKey(EmptyObject),
-    RequiresAny(Vec<RawRequirement>),
-    RequiresAll(Vec<RawRequirement>),
-    AllowMissing(Box<RawRequirement>),
+    RequiresAny(RawRequirementList),
+    RequiresAll(RawRequirementList),
+    AllowMissing(RawAllowMissing),
+}
+
+/// A list of requirements: a plain array, or Envoy's `{"requirements": [...]}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawRequirementList {
+    Plain(Vec<RawRequirement>),
+    Envoy(RawRequirements),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirements {
+    requirements: Vec<RawRequirement>,
+}
+
+/// `allow_missing: {requirement}` (ours: that requirement, or no credential at all), or
+/// Envoy's `allow_missing: {}` (a token from any provider, or none).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawAllowMissing {
+    AnyProvider(EmptyObject),
+    Requirement(Box<RawRequirement>),
 }
 
 #[derive(Deserialize)]
@@ -266,6 +304,8 @@ pub struct Rule {
     pub matcher: RequestMatch,
     /// `None`: no authentication.
     pub requires: Option<Requirement>,
+    /// Claims a token that met `requires` must grant (name, wanted value).
+    pub required_claims: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,8 +365,17 @@ impl AuthConfig {
         let mut rules = Vec::new();
         for (index, rule) in raw.rules.into_iter().enumerate() {
             let field = format!("rules[{index}]");
+            let path = match (rule.matcher.path, rule.matcher.prefix) {
+                (Some(RawRulePath::Match(path)), None) => Some(path),
+                (Some(RawRulePath::Exact(exact)), None) => Some(RawPathMatch::Exact(exact)),
+                (None, Some(prefix)) => Some(RawPathMatch::Prefix(prefix)),
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::field(format!("{field}.match"), "set one of `path` and `prefix`"))
+                }
+            };
             let matcher = RequestMatch::compile(
-                rule.matcher.path.as_ref(),
+                path.as_ref(),
                 &rule.matcher.methods,
                 rule.matcher.route,
                 &format!("{field}.match"),
@@ -337,7 +386,14 @@ impl AuthConfig {
                     compile_requirement(requirement, &providers, api_keys.is_some(), &format!("{field}.requires"))
                 })
                 .transpose()?;
-            rules.push(Rule { matcher, requires });
+            if !rule.required_claims.is_empty() && requires.is_none() {
+                return Err(ConfigError::field(
+                    format!("{field}.required_claims"),
+                    "needs `requires`: a rule without authentication has no claims to check",
+                ));
+            }
+            let required_claims = rule.required_claims.into_iter().collect();
+            rules.push(Rule { matcher, requires, required_claims });
         }
         Ok(AuthConfig {
             consumer_header,
@@ -423,6 +479,17 @@ fn compile_provider(name: &str, raw: RawProvider, field: &str) -> Result<Provide
         .forward_payload_header
         .map(|header| header_name(&header, &format!("{field}.forward_payload_header")))
         .transpose()?;
+    let max_lifetime_seconds = match (raw.max_lifetime_seconds, raw.max_lifetime) {
+        (seconds, None) => seconds,
+        (None, Some(text)) => Some(
+            parse_duration(&text)
+                .map_err(|message| ConfigError::field(format!("{field}.max_lifetime"), message))?
+                .as_secs(),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::field(field, "set one of `max_lifetime_seconds` and `max_lifetime`"))
+        }
+    };
     Ok(Provider {
         name: name.to_string(),
         issuer: raw.issuer,
@@ -431,7 +498,7 @@ fn compile_provider(name: &str, raw: RawProvider, field: &str) -> Result<Provide
         sources,
         clock_skew_seconds: raw.clock_skew_seconds,
         require_expiration: raw.require_expiration,
-        max_lifetime_seconds: raw.max_lifetime_seconds,
+        max_lifetime_seconds,
         required_claims: raw.required_claims.into_iter().collect(),
         jwks,
         claim_to_headers,
@@ -529,28 +596,78 @@ fn compile_requirement(
             }
             Requirement::ApiKey
         }
-        RawRequirement::RequiresAny(list) | RawRequirement::RequiresAll(list) if list.is_empty() => {
-            return Err(ConfigError::field(field, "must list at least one requirement"))
+        RawRequirement::RequiresAny(list) => {
+            let (list, field) = list.with_field(&format!("{field}.requires_any"));
+            let allow_missing = list.iter().any(RawRequirement::is_allow_missing_any);
+            let list: Vec<RawRequirement> =
+                list.into_iter().filter(|requirement| !requirement.is_allow_missing_any()).collect();
+            // Envoy's `requires_any: [A, {allow_missing: {}}]`: A, or no token at all.
+            let any = match (list.is_empty(), allow_missing) {
+                (true, false) => return Err(ConfigError::field(field, "must list at least one requirement")),
+                (true, true) => any_provider(providers, &field)?,
+                (false, _) => Requirement::Any(compile_list(list, providers, has_api_keys, &field)?),
+            };
+            if allow_missing {
+                Requirement::AllowMissing(Box::new(any))
+            } else {
+                any
+            }
         }
-        RawRequirement::RequiresAny(list) => Requirement::Any(
-            list.into_iter()
-                .enumerate()
-                .map(|(i, r)| compile_requirement(r, providers, has_api_keys, &format!("{field}.requires_any[{i}]")))
-                .collect::<Result<_, _>>()?,
-        ),
-        RawRequirement::RequiresAll(list) => Requirement::All(
-            list.into_iter()
-                .enumerate()
-                .map(|(i, r)| compile_requirement(r, providers, has_api_keys, &format!("{field}.requires_all[{i}]")))
-                .collect::<Result<_, _>>()?,
-        ),
-        RawRequirement::AllowMissing(inner) => Requirement::AllowMissing(Box::new(compile_requirement(
-            *inner,
-            providers,
-            has_api_keys,
-            &format!("{field}.allow_missing"),
-        )?)),
+        RawRequirement::RequiresAll(list) => {
+            let (list, field) = list.with_field(&format!("{field}.requires_all"));
+            if list.is_empty() {
+                return Err(ConfigError::field(field, "must list at least one requirement"));
+            }
+            if list.iter().any(RawRequirement::is_allow_missing_any) {
+                return Err(ConfigError::field(field, "`allow_missing: {}` belongs in `requires_any` or alone"));
+            }
+            Requirement::All(compile_list(list, providers, has_api_keys, &field)?)
+        }
+        RawRequirement::AllowMissing(RawAllowMissing::AnyProvider(_)) => {
+            Requirement::AllowMissing(Box::new(any_provider(providers, &format!("{field}.allow_missing"))?))
+        }
+        RawRequirement::AllowMissing(RawAllowMissing::Requirement(inner)) => Requirement::AllowMissing(Box::new(
+            compile_requirement(*inner, providers, has_api_keys, &format!("{field}.allow_missing"))?,
+        )),
     })
+}
+
+impl RawRequirement {
+    fn is_allow_missing_any(&self) -> bool {
+        matches!(self, RawRequirement::AllowMissing(RawAllowMissing::AnyProvider(_)))
+    }
+}
+
+impl RawRequirementList {
+    /// The requirements, and the field path their indices follow.
+    fn with_field(self, field: &str) -> (Vec<RawRequirement>, String) {
+        match self {
+            RawRequirementList::Plain(list) => (list, field.to_string()),
+            RawRequirementList::Envoy(RawRequirements { requirements }) => {
+                (requirements, format!("{field}.requirements"))
+            }
+        }
+    }
+}
+
+fn compile_list(
+    list: Vec<RawRequirement>,
+    providers: &[Provider],
+    has_api_keys: bool,
+    field: &str,
+) -> Result<Vec<Requirement>, ConfigError> {
+    list.into_iter()
+        .enumerate()
+        .map(|(index, raw)| compile_requirement(raw, providers, has_api_keys, &format!("{field}[{index}]")))
+        .collect()
+}
+
+/// A token from any provider: what Envoy's `allow_missing: {}` checks when one is present.
+fn any_provider(providers: &[Provider], field: &str) -> Result<Requirement, ConfigError> {
+    if providers.is_empty() {
+        return Err(ConfigError::field(field, "`allow_missing: {}` needs at least one provider"));
+    }
+    Ok(Requirement::Any((0..providers.len()).map(Requirement::Provider).collect()))
 }
 
 #[cfg(test)]
@@ -573,6 +690,76 @@ mod tests {
 
     fn with_provider(provider: Value) -> Value {
         json!({"providers": {"idp": provider}, "rules": [{"requires": {"provider_name": "idp"}}]})
+    }
+
+    #[test]
+    fn envoy_jwt_authn_spellings_mean_the_same() {
+        let local = json!({"local_jwks": {"inline_string": hmac_jwks()}});
+        let providers = json!({"idp": local, "other": local});
+        let requires = |requires: Value| {
+            let config = parse(json!({"providers": providers, "rules": [{"requires": requires}]})).unwrap();
+            config.rules[0].requires.clone()
+        };
+        let (idp, other) = (json!({"provider_name": "idp"}), json!({"provider_name": "other"}));
+        assert_eq!(
+            requires(json!({"requires_any": {"requirements": [idp, other]}})),
+            requires(json!({"requires_any": [idp, other]}))
+        );
+        assert_eq!(
+            requires(json!({"requires_all": {"requirements": [idp, other]}})),
+            requires(json!({"requires_all": [idp, other]}))
+        );
+        // `[A, {allow_missing: {}}]`: A, or no token at all.
+        assert_eq!(
+            requires(json!({"requires_any": {"requirements": [idp, {"allow_missing": {}}]}})),
+            requires(json!({"allow_missing": {"requires_any": [idp]}}))
+        );
+        // Alone: a token from any provider, or none.
+        assert_eq!(
+            requires(json!({"allow_missing": {}})),
+            Some(Requirement::AllowMissing(Box::new(Requirement::Any(vec![
+                Requirement::Provider(0),
+                Requirement::Provider(1)
+            ]))))
+        );
+        let matcher = |rule: Value| parse(json!({"rules": [rule]})).unwrap().rules[0].matcher.clone();
+        assert_eq!(
+            matcher(json!({"match": {"prefix": "/api"}})),
+            matcher(json!({"match": {"path": {"prefix": "/api"}}}))
+        );
+        assert_eq!(matcher(json!({"match": {"path": "/api"}})), matcher(json!({"match": {"path": {"exact": "/api"}}})));
+        let lifetime = |provider: Value| parse(with_provider(provider)).unwrap().providers[0].max_lifetime_seconds;
+        let mut provider = local.clone();
+        provider["max_lifetime"] = json!("3600s");
+        assert_eq!(lifetime(provider), Some(3600));
+        let mut provider = local.clone();
+        provider["max_lifetime"] = json!("1.5s");
+        assert_eq!(lifetime(provider), Some(1));
+    }
+
+    #[test]
+    fn jwt_authn_fields_without_a_meaning_here_are_refused_by_name() {
+        let local = json!({"local_jwks": {"inline_string": hmac_jwks()}});
+        let message = |config: Value| error(config).to_string();
+        let providers = json!({"idp": local});
+        assert!(message(json!({"providers": providers, "rules": [{"requires": {"allow_missing_or_failed": {}}}]}))
+            .contains("allow_missing_or_failed"));
+        assert!(message(with_provider(json!({"local_jwks": {"filename": "/etc/jwks.json"}}))).contains("filename"));
+        let mut cached = local.clone();
+        cached["jwt_cache_config"] = json!({"jwt_cache_size": 100});
+        assert!(message(with_provider(cached)).contains("jwt_cache_config"));
+    }
+
+    #[test]
+    fn envoy_durations_with_a_fraction_are_accepted() {
+        let remote = json!({"remote_jwks": {
+            "http_uri": {"uri": "http://idp/jwks", "cluster": "idp", "timeout": "1.5s"},
+            "cache_duration": "300.5s"
+        }});
+        let config = parse(with_provider(remote)).unwrap();
+        let JwksSource::Remote(remote) = &config.providers[0].jwks else { panic!("remote") };
+        assert_eq!(remote.timeout, Duration::from_millis(1500));
+        assert_eq!(remote.cache_duration, Duration::from_millis(300_500));
     }
 
     #[test]
@@ -639,8 +826,25 @@ mod tests {
             ),
             (json!({"rules": [{"requires": {"provider_name": "nobody"}}]}), "rules[0].requires.provider_name"),
             (json!({"rules": [{"requires": {"api_key": {}}}]}), "rules[0].requires.api_key"),
-            (json!({"rules": [{"requires": {"requires_any": []}}]}), "rules[0].requires"),
+            (json!({"rules": [{"requires": {"requires_any": []}}]}), "rules[0].requires.requires_any"),
             (json!({"rules": [{"match": {"methods": ["G T"]}}]}), "rules[0].match.methods[0]"),
+            (json!({"rules": [{"match": {"prefix": "/a", "path": "/b"}}]}), "rules[0].match"),
+            (json!({"rules": [{"required_claims": {"scope": "a"}}]}), "rules[0].required_claims"),
+            (
+                with_provider(
+                    json!({"local_jwks": {"inline_string": hmac_jwks()}, "max_lifetime": "1h", "max_lifetime_seconds": 5}),
+                ),
+                "providers.idp",
+            ),
+            (
+                with_provider(json!({"local_jwks": {"inline_string": hmac_jwks()}, "max_lifetime": "soon"})),
+                "providers.idp.max_lifetime",
+            ),
+            (json!({"rules": [{"requires": {"allow_missing": {}}}]}), "rules[0].requires.allow_missing"),
+            (
+                json!({"rules": [{"requires": {"requires_any": {"requirements": []}}}]}),
+                "rules[0].requires.requires_any.requirements",
+            ),
             (
                 json!({"rules": [{}], "brute_force_guard": {"max_failures": 0, "window": "1m"}}),
                 "brute_force_guard.max_failures",

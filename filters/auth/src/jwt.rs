@@ -194,7 +194,14 @@ fn check_claims(claims: &Value, provider: &Provider, now: u64) -> Result<(), Rej
             return Err(Rejection::Invalid("the token's audience is not accepted"));
         }
     }
-    for (name, wanted) in &provider.required_claims {
+    grants(claims, &provider.required_claims).map_err(Rejection::Forbidden)
+}
+
+/// Whether `claims` grant every (name, wanted) pair: a string claim equal to the value or
+/// listing it space-separated (`scope`), an array containing it, or a number or boolean
+/// printed as it. The error says which claim falls short.
+pub fn grants(claims: &Value, required: &[(String, String)]) -> Result<(), String> {
+    for (name, wanted) in required {
         let present = match claim(claims, name) {
             Some(Value::String(text)) => text == wanted || text.split(' ').any(|item| item == wanted),
             Some(Value::Array(items)) => items.iter().any(|item| item.as_str() == Some(wanted.as_str())),
@@ -203,7 +210,7 @@ fn check_claims(claims: &Value, provider: &Provider, now: u64) -> Result<(), Rej
             _ => false,
         };
         if !present {
-            return Err(Rejection::Forbidden(format!("the token's `{name}` claim does not grant `{wanted}`")));
+            return Err(format!("the token's `{name}` claim does not grant `{wanted}`"));
         }
     }
     Ok(())
