@@ -37,7 +37,7 @@ fn fractional_seconds(text: &str, whole: &str, fraction: &str) -> Result<Duratio
     }
     let seconds: u64 = whole.parse().map_err(|_| format!("`{text}` is too long"))?;
     let nanos: u32 = format!("{fraction:0<9}").parse().map_err(|_| format!("`{text}` is not a duration"))?;
-    if nanos % 1_000_000 != 0 {
+    if !nanos.is_multiple_of(1_000_000) {
         return Err(format!("`{text}` is finer than a millisecond"));
     }
     Ok(Duration::new(seconds, nanos))
