@@ -15,5 +15,6 @@ pub mod process;
 pub mod prometheus_text;
 pub mod rate_limit_headers;
 pub mod rls;
+pub mod schemas;
 pub mod scratch;
 pub mod shipped;

@@ -32,13 +32,23 @@ const HOP_BY_HOP_HEADERS: [&str; 8] = [
     "proxy-authenticate",
 ];
 
+/// The JSON Schema of this filter's configuration (`schemas/` holds it, generated).
+#[cfg(feature = "schema")]
+pub fn schema() -> schemars::Schema {
+    let mut schema = schemars::schema_for!(RawConfig);
+    schema.insert("title".into(), "aggregate filter configuration".into());
+    schema
+}
+
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     endpoints: Vec<RawEndpoint>,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawEndpoint {
     #[serde(default = "default_method")]
@@ -49,6 +59,7 @@ struct RawEndpoint {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawBackend {
     name: String,

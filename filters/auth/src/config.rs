@@ -17,7 +17,16 @@ use std::time::Duration;
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// The JSON Schema of this filter's configuration (`schemas/` holds it, generated).
+#[cfg(feature = "schema")]
+pub fn schema() -> schemars::Schema {
+    let mut schema = schemars::schema_for!(RawConfig);
+    schema.insert("title".into(), "auth filter configuration".into());
+    schema
+}
+
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default = "default_consumer_header")]
@@ -36,6 +45,7 @@ struct RawConfig {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawGuard {
     max_failures: u32,
@@ -43,6 +53,7 @@ struct RawGuard {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     issuer: Option<String>,
@@ -75,6 +86,7 @@ struct RawProvider {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHeaderSource {
     name: String,
@@ -83,12 +95,14 @@ struct RawHeaderSource {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawLocalJwks {
     inline_string: String,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRemoteJwks {
     http_uri: RawHttpUri,
@@ -98,6 +112,7 @@ struct RawRemoteJwks {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHttpUri {
     uri: String,
@@ -106,6 +121,7 @@ struct RawHttpUri {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawClaimToHeader {
     header_name: String,
@@ -113,6 +129,7 @@ struct RawClaimToHeader {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawApiKeys {
     from_header: Option<String>,
@@ -124,6 +141,7 @@ struct RawApiKeys {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     #[serde(default, rename = "match")]
@@ -135,6 +153,7 @@ struct RawRule {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
     path: Option<RawRulePath>,
@@ -147,6 +166,7 @@ struct RawMatch {
 
 /// `path: {"prefix": …}` (ours), or Envoy's route-match `path: "/exact"`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 enum RawRulePath {
     Exact(String),
@@ -154,6 +174,7 @@ enum RawRulePath {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum RawRequirement {
     ProviderName(String),
@@ -165,6 +186,7 @@ enum RawRequirement {
 
 /// A list of requirements: a plain array, or Envoy's `{"requirements": [...]}`.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 enum RawRequirementList {
     Plain(Vec<RawRequirement>),
@@ -172,6 +194,7 @@ enum RawRequirementList {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRequirements {
     requirements: Vec<RawRequirement>,
@@ -180,6 +203,7 @@ struct RawRequirements {
 /// `allow_missing: {requirement}` (ours: that requirement, or no credential at all), or
 /// Envoy's `allow_missing: {}` (a token from any provider, or none).
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 enum RawAllowMissing {
     AnyProvider(EmptyObject),
@@ -187,6 +211,7 @@ enum RawAllowMissing {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct EmptyObject {}
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 /// The JSON form: exactly one of `exact`, `prefix`, `template`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum RawPathMatch {
     Exact(String),

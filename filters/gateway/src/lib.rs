@@ -14,12 +14,58 @@ gateway_host::module!("gateway", stages);
 
 /// The bundle's configuration: one optional section per filter.
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(extend("minProperties" = 1)))]
 #[serde(deny_unknown_fields)]
 struct BundleConfig {
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "section_schema::metrics"))]
     metrics: Option<Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "section_schema::auth"))]
     auth: Option<Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "section_schema::ratelimit"))]
     ratelimit: Option<Value>,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "section_schema::aggregate"))]
     aggregate: Option<Value>,
+}
+
+/// The JSON Schema of the bundle's configuration (`schemas/` holds it, generated).
+#[cfg(feature = "schema")]
+pub fn schema() -> schemars::Schema {
+    let mut schema = schemars::schema_for!(BundleConfig);
+    schema.insert("title".into(), "gateway.wasm (bundle) configuration".into());
+    schema
+}
+
+/// Each section's schema is its filter's, embedded as a resource of its own (`$id`), so the
+/// references inside it resolve within it.
+#[cfg(feature = "schema")]
+mod section_schema {
+    use schemars::{Schema, SchemaGenerator};
+
+    fn embedded(mut schema: Schema, id: &str) -> Schema {
+        schema.remove("$schema");
+        schema.insert("$id".into(), id.into());
+        schema
+    }
+
+    pub fn metrics(_: &mut SchemaGenerator) -> Schema {
+        embedded(metrics_filter::config::schema(), "metrics.schema.json")
+    }
+
+    pub fn auth(_: &mut SchemaGenerator) -> Schema {
+        embedded(auth_filter::config::schema(), "auth.schema.json")
+    }
+
+    pub fn ratelimit(_: &mut SchemaGenerator) -> Schema {
+        embedded(ratelimit_filter::config::schema(), "ratelimit.schema.json")
+    }
+
+    pub fn aggregate(_: &mut SchemaGenerator) -> Schema {
+        embedded(aggregate_filter::config::schema(), "aggregate.schema.json")
+    }
 }
 
 /// The stages the configuration names, in chain order; an error names the section and field.

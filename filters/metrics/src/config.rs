@@ -12,7 +12,16 @@ pub const DEFAULT_MAX_VALUES: u32 = 100;
 /// meets a value it has not seen; the ceiling keeps that read small.
 pub const MAX_VALUES_CEILING: u32 = 10_000;
 
+/// The JSON Schema of this filter's configuration (`schemas/` holds it, generated).
+#[cfg(feature = "schema")]
+pub fn schema() -> schemars::Schema {
+    let mut schema = schemars::schema_for!(RawConfig);
+    schema.insert("title".into(), "metrics filter configuration".into());
+    schema
+}
+
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default = "default_consumer_header")]
@@ -26,6 +35,7 @@ struct RawConfig {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawExtraLabel {
     name: String,

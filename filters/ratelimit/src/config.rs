@@ -19,7 +19,16 @@ pub const MAX_REQUESTS: u64 = 1_000_000_000;
 /// At most a year per period.
 pub const MAX_PERIOD_SECONDS: u64 = 366 * 86_400;
 
+/// The JSON Schema of this filter's configuration (`schemas/` holds it, generated).
+#[cfg(feature = "schema")]
+pub fn schema() -> schemars::Schema {
+    let mut schema = schemars::schema_for!(RawConfig);
+    schema.insert("title".into(), "ratelimit filter configuration".into());
+    schema
+}
+
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default = "default_consumer_header")]
@@ -37,6 +46,7 @@ struct RawConfig {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawService {
     cluster: String,
@@ -50,12 +60,14 @@ fn default_service_timeout() -> String {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     name: String,
     #[serde(default, rename = "match")]
     matcher: RawMatch,
     /// Parsed by hand ([`compile_key_part`]): a part is a name or a one-field object.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "key_schema"))]
     key: Vec<serde_json::Value>,
     limit: Option<RawLimit>,
     #[serde(default)]
@@ -68,6 +80,7 @@ struct RawRule {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
     path: Option<RawPathMatch>,
@@ -79,6 +92,7 @@ struct RawMatch {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHeaderMatch {
     name: String,
@@ -87,6 +101,7 @@ struct RawHeaderMatch {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawLimit {
     requests: u64,
@@ -110,6 +125,7 @@ fn default_true() -> bool {
 /// failed or every compare-and-swap attempt lost; for a global rule, the rate limit service
 /// timed out, failed or answered something undecodable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
     /// Let the request through (as Envoy's rate limit filter does by default).
@@ -205,6 +221,7 @@ pub enum KeyPart {
 
 /// How much of the client address keys a bucket (Envoy's `masked_remote_address` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClientIpMask {
     #[serde(default = "default_v4_prefix")]
@@ -371,6 +388,31 @@ fn compile_rule(raw: RawRule, field: &str, default_failure_policy: FailurePolicy
 const KEY_PART_FORMS: &str = "use `client_ip`, `consumer`, `path`, `route`, {\"header\": NAME}, {\"fixed\": TEXT} or {\"client_ip\": {\"v4_prefix_mask_len\": N, \"v6_prefix_mask_len\": N}}";
 
 /// A key part: a name (`"client_ip"`) or an object with one field (`{"header": "x-tenant"}`).
+/// The forms [`compile_key_part`] accepts, for the JSON Schema.
+#[cfg(feature = "schema")]
+fn key_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mask = generator.subschema_for::<ClientIpMask>();
+    let one = |name: &str, value: schemars::Schema| {
+        schemars::json_schema!({
+            "type": "object",
+            "properties": {name: value},
+            "required": [name],
+            "additionalProperties": false
+        })
+    };
+    let text = schemars::json_schema!({"type": "string"});
+    schemars::json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "items": {"oneOf": [
+            {"enum": ["client_ip", "consumer", "path", "route"]},
+            one("header", text.clone()),
+            one("fixed", text),
+            one("client_ip", mask)
+        ]}
+    })
+}
+
 fn compile_key_part(raw: serde_json::Value, field: &str) -> Result<KeyPart, ConfigError> {
     use serde_json::Value;
     let unknown = |what: &str| ConfigError::field(field, format!("{what} is not a key part: {KEY_PART_FORMS}"));
