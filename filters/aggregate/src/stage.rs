@@ -48,12 +48,12 @@ impl StageStream for AggregateStream {
         let Some((endpoint, parameters)) = config.find(&method, &path) else { return Flow::Continue };
         let mut composed = Composed::default();
         for (name, value) in parameters {
-            composed.path_parameters.insert(name.to_string(), percent_decode(value, false));
+            composed.path_parameters.insert(name.to_string(), percent_decode(value));
         }
         if let Some((_, query)) = path.split_once('?') {
-            for pair in query.split('&') {
-                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-                composed.query.entry(percent_decode(name, true)).or_insert_with(|| percent_decode(value, true));
+            // The first value of each parameter, decoded as forms encode them (`+` a space).
+            for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+                composed.query.entry(name.into_owned()).or_insert_with(|| value.into_owned());
             }
         }
         for name in &endpoint.request_headers {

@@ -10,6 +10,7 @@ use rsa::sha2::{Digest, Sha256};
 use serde_json::Value;
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
+use subtle::ConstantTimeEq;
 
 pub use gateway_common::request::RequestFacts;
 
@@ -377,11 +378,11 @@ fn check_api_key(config: &AuthConfig, request: &Lazy) -> Check {
     let Some(keys) = &config.api_keys else { return Check::Invalid("API keys are not configured") };
     let Some((presented, credential)) = api_key(config, request) else { return Check::Missing };
     let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    // Every digest is compared in full, so timing does not tell how close a guess came.
+    // Every digest is compared in full and in constant time, so timing does not tell how
+    // close a guess came, nor which key it was near.
     let mut found = None;
     for (known, consumer) in &keys.digests {
-        let difference = known.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if difference == 0 {
+        if bool::from(known.ct_eq(&digest)) {
             found = Some(consumer);
         }
     }
@@ -396,12 +397,18 @@ fn check_api_key(config: &AuthConfig, request: &Lazy) -> Check {
     }
 }
 
+/// The first non-empty value of query parameter `name`, decoded as browsers encode forms
+/// (`%XX`, `+` for a space).
 fn query_param(path: &str, name: &str) -> Option<String> {
     let (_, query) = path.split_once('?')?;
-    query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name && !value.is_empty()).then(|| value.to_string())
-    })
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, value)| key == name && !value.is_empty())
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The decoded name of one `name=value` pair of a query string.
+fn param_name(pair: &str) -> Option<String> {
+    form_urlencoded::parse(pair.as_bytes()).next().map(|(name, _)| name.into_owned())
 }
 
 fn changes(config: &AuthConfig, identity: Identity, request: &Lazy) -> Changes {
@@ -422,7 +429,9 @@ fn changes(config: &AuthConfig, identity: Identity, request: &Lazy) -> Changes {
         if let Some((base, query)) = request.path().split_once('?') {
             let kept: Vec<&str> = query
                 .split('&')
-                .filter(|pair| !hidden_params.iter().any(|name| pair.split('=').next() == Some(name.as_str())))
+                // Names compare decoded, as `query_param` found the credential: `%6Bey=` is
+                // `key=` and goes too.
+                .filter(|pair| !param_name(pair).is_some_and(|decoded| hidden_params.contains(&decoded)))
                 .collect();
             changes.new_path =
                 Some(if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) });
@@ -438,15 +447,11 @@ mod tests {
     use rsa::sha2::{Digest, Sha256};
     use serde_json::json;
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-    }
-
     /// API keys `key-ada` (ada) in `x-api-key`; `/public` open, `/mixed` key optional,
     /// everything else needs a key.
     fn config(extra: serde_json::Value) -> AuthConfig {
         let mut config = json!({
-            "api_keys": {"keys": {hex(&Sha256::digest(b"key-ada")): "ada"}},
+            "api_keys": {"keys": {hex::encode(Sha256::digest(b"key-ada")): "ada"}},
             "allow_cors_preflight": true,
             "rules": [
                 {"match": {"path": {"prefix": "/public"}}},
@@ -529,12 +534,18 @@ mod tests {
 
     #[test]
     fn a_key_in_the_query_is_removed_from_the_path() {
-        let config =
-            config(json!({"api_keys": {"from_param": "key", "keys": {hex(&Sha256::digest(b"key-ada")): "ada"}}}));
+        let config = config(
+            json!({"api_keys": {"from_param": "key", "keys": {hex::encode(Sha256::digest(b"key-ada")): "ada"}}}),
+        );
         let Decision::Allow(changes) = decide_with(&config, get("/orders?a=1&key=key-ada&b=2"), false) else {
             panic!("refused")
         };
         assert_eq!(changes.new_path.as_deref(), Some("/orders?a=1&b=2"));
+        // An encoded name or value is the same parameter, and is removed too.
+        let Decision::Allow(changes) = decide_with(&config, get("/orders?%6Bey=key%2Dada&b=2"), false) else {
+            panic!("refused")
+        };
+        assert_eq!(changes.new_path.as_deref(), Some("/orders?b=2"));
     }
 
     #[test]

@@ -582,25 +582,17 @@ fn compile_api_keys(raw: RawApiKeys, field: &str) -> Result<ApiKeys, ConfigError
     }
     let mut digests = Vec::new();
     for (digest, consumer) in raw.keys {
-        let bytes = decode_hex(&digest).filter(|bytes| bytes.len() == 32).ok_or_else(|| {
+        let mut array = [0u8; 32];
+        hex::decode_to_slice(&digest, &mut array).map_err(|_| {
             // The digest is not secret, but a key pasted by mistake would be: never echo it.
             ConfigError::field(format!("{field}.keys"), "every key must be a SHA-256 digest (64 hex digits), not a key")
         })?;
-        let mut array = [0u8; 32];
-        array.copy_from_slice(&bytes);
         if consumer.is_empty() {
             return Err(ConfigError::field(format!("{field}.keys.{digest}"), "the consumer name must not be empty"));
         }
         digests.push((array, consumer));
     }
     Ok(ApiKeys { source, digests, forward: raw.forward })
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok())).collect()
 }
 
 fn compile_requirement(

@@ -55,6 +55,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
 /// Checks an HTTP header name (RFC 9110 token) and returns it lower-cased, as Envoy stores
 /// header names.
 pub fn header_name(name: &str, field: &str) -> Result<String, ConfigError> {
+    // RFC 9110 `token` characters. Hand-written on purpose: `http::HeaderName::from_bytes`
+    // does the same check but added 24 KB to every module (metrics 269,912 -> 293,719 bytes,
+    // measured with http 1.x) for a check that runs only while configuring.
     let valid =
         !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
     if valid {

@@ -178,11 +178,7 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// In this Envoy's shared data, with the rule's own limit.
-    Local {
-        limit: Limit,
-        /// Its `RateLimit-Policy` item.
-        policy_item: String,
-    },
+    Local { limit: Limit },
     /// By the rate limit service, which holds the limit: one count for every Envoy that asks.
     Global,
 }
@@ -312,13 +308,6 @@ fn compile(raw: RawConfig) -> Result<RateLimitConfig, ConfigError> {
     })
 }
 
-/// A `RateLimit-Policy` item: `"name";q=<quota>;w=<window in seconds>`. For a local rule the
-/// quota is the burst and the window the time to refill it; for a global rule both come from
-/// the rate limit service's answer.
-pub fn policy_item(name: &str, quota: u64, window_seconds: u64) -> String {
-    format!("\"{name}\";q={quota};w={window_seconds}")
-}
-
 fn compile_service(raw: RawService) -> Result<RateLimitService, ConfigError> {
     if raw.cluster.is_empty() {
         return Err(ConfigError::field("rate_limit_service.cluster", "must name an Envoy cluster"));
@@ -360,7 +349,7 @@ fn compile_rule(raw: RawRule, field: &str, default_failure_policy: FailurePolicy
         (false, Some(limit)) => {
             let limit = compile_limit(limit, &format!("{field}.limit"))?;
             // A local rule's policy never changes, so its header item is made once, here.
-            Scope::Local { policy_item: policy_item(&raw.name, limit.burst, limit.refill_window_seconds()), limit }
+            Scope::Local { limit }
         }
         (false, None) => return Err(ConfigError::field(format!("{field}.limit"), "a local rule needs a limit")),
         (true, Some(_)) => {
@@ -531,7 +520,7 @@ mod tests {
         assert!(!config.access_log_fields);
         let rule = &config.rules[0];
         let limit = Limit { requests: 10, period_seconds: 1, burst: 10 };
-        assert_eq!(rule.scope, Scope::Local { limit, policy_item: "\"per-ip\";q=10;w=1".into() });
+        assert_eq!(rule.scope, Scope::Local { limit });
         assert_eq!(rule.failure_policy, FailurePolicy::FailOpen);
         assert_eq!(config.rate_limit_service, None);
         assert_eq!(rule.matcher, Match::default());

@@ -13,17 +13,18 @@
 //! - On 429: `Retry-After` in whole seconds, rounded up so a client that waits that long is
 //!   admitted.
 
-use crate::config::{policy_item, RateLimitConfig, Scope};
+use crate::config::{RateLimitConfig, Scope};
 use crate::gcra::Acquire;
 use crate::limiter::{Check, CheckResult};
-use std::borrow::Cow;
+use sfv::{RefBareItem, RefListSerializer};
 
 /// One rule in the headers.
 struct Reported<'a> {
     name: &'a str,
-    policy_item: Cow<'a, str>,
-    /// What `remaining` counts down from (the legacy `X-RateLimit-Limit`).
-    limit: u64,
+    /// The policy's quota (`q`, what `remaining` counts down from: the legacy
+    /// `X-RateLimit-Limit`) and window (`w`, seconds).
+    quota: u64,
+    window_seconds: u64,
     acquire: &'a Acquire,
 }
 
@@ -41,35 +42,51 @@ pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'
                 | CheckResult::ShadowRejected(acquire) => acquire,
                 CheckResult::Failed(_) => return None,
             };
-            let (policy_item, limit) = match (&rule.scope, check.quota) {
-                (Scope::Local { policy_item, limit }, _) => (Cow::Borrowed(policy_item.as_str()), limit.burst),
-                (Scope::Global, Some(quota)) => {
-                    (Cow::Owned(policy_item(&rule.name, quota.limit, quota.window_seconds)), quota.limit)
-                }
+            let (quota, window_seconds) = match (&rule.scope, check.quota) {
+                (Scope::Local { limit }, _) => (limit.burst, limit.refill_window_seconds()),
+                (Scope::Global, Some(quota)) => (quota.limit, quota.window_seconds),
                 (Scope::Global, None) => return None,
             };
-            Some(Reported { name: &rule.name, policy_item, limit, acquire })
+            Some(Reported { name: &rule.name, quota, window_seconds, acquire })
         })
         .collect();
     if reported.is_empty() {
         return Vec::new();
     }
-    let policy = reported.iter().map(|rule| rule.policy_item.as_ref()).collect::<Vec<_>>().join(", ");
-    let state = reported
-        .iter()
-        .map(|rule| format!("\"{}\";r={};t={}", rule.name, rule.acquire.remaining, rule.acquire.reset_seconds))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let (Some(policy), Some(state)) = (
+        structured_list(&reported, |rule| [("q", rule.quota), ("w", rule.window_seconds)]),
+        structured_list(&reported, |rule| [("r", rule.acquire.remaining), ("t", rule.acquire.reset_seconds)]),
+    ) else {
+        return Vec::new();
+    };
     let mut headers = vec![("ratelimit-policy", policy), ("ratelimit", state)];
     if config.legacy_headers {
         // The rule closest to its limit is the one a client must respect.
         if let Some(rule) = reported.iter().min_by_key(|rule| rule.acquire.remaining) {
-            headers.push(("x-ratelimit-limit", rule.limit.to_string()));
+            headers.push(("x-ratelimit-limit", rule.quota.to_string()));
             headers.push(("x-ratelimit-remaining", rule.acquire.remaining.to_string()));
             headers.push(("x-ratelimit-reset", rule.acquire.reset_seconds.to_string()));
         }
     }
     headers
+}
+
+/// An RFC 8941 List with one String item per rule (its name) and two Integer parameters.
+/// `None` if a value is outside what a structured field can carry (names are checked at
+/// configuration, integers are at most 10^15 - 1): the headers are left out rather than wrong.
+fn structured_list(
+    reported: &[Reported],
+    parameters: impl Fn(&Reported) -> [(&'static str, u64); 2],
+) -> Option<String> {
+    let mut text = String::new();
+    let mut list = RefListSerializer::new(&mut text);
+    for rule in reported {
+        list = list.bare_item(&RefBareItem::String(rule.name)).ok()?;
+        for (key, value) in parameters(rule) {
+            list = list.parameter(key, &RefBareItem::Integer(i64::try_from(value).ok()?)).ok()?;
+        }
+    }
+    Some(text)
 }
 
 #[cfg(test)]
