@@ -2,8 +2,10 @@
 //! bundle `gateway.wasm` (`GATEWAY_FORM=bundle`). In the bundle form every Envoy config a test
 //! starts, rendered or shipped, is rewritten before Envoy reads it: each run of consecutive
 //! filters among metrics, auth, ratelimit and aggregate becomes ONE bundle filter whose
-//! configuration has their configurations as sections. The tests stay the same, so both
-//! forms must behave the same.
+//! configuration has their configurations as sections. A filter named otherwise than its
+//! module (a second instance, `public` or `internal`) stays its own bundle under its own name,
+//! so it keeps its own shared data and `plugin` label in both forms. The tests stay the same,
+//! so both forms must behave the same.
 
 use crate::paths;
 use serde_json::{json, Map, Value};
@@ -50,12 +52,24 @@ fn bundled_module(filter: &Value) -> Option<&'static str> {
     BUNDLED.into_iter().find(|module| file == format!("{module}.wasm"))
 }
 
+/// A filter whose plugin name is not its module's: another instance, kept apart.
+fn renamed(filter: &Value) -> bool {
+    let name = filter["typed_config"]["config"]["name"].as_str();
+    bundled_module(filter).is_some_and(|module| name.is_some_and(|name| name != module))
+}
+
 fn merged(filters: Vec<Value>) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
     let mut run: Option<(Value, Map<String, Value>)> = None;
     for filter in filters {
         match bundled_module(&filter) {
             Some(module) => {
+                let joins = run.as_ref().is_some_and(|(first, sections)| {
+                    !renamed(&filter) && !renamed(first) && !sections.contains_key(module)
+                });
+                if !joins {
+                    out.extend(run.take().map(bundle_filter));
+                }
                 let section: Value = filter["typed_config"]["config"]["configuration"]["value"]
                     .as_str()
                     .map(|text| serde_json::from_str(if text.trim().is_empty() { "{}" } else { text }).unwrap())
@@ -75,10 +89,15 @@ fn merged(filters: Vec<Value>) -> Vec<Value> {
 
 /// One bundle filter in place of the run that started with `first`.
 fn bundle_filter((mut first, sections): (Value, Map<String, Value>)) -> Value {
-    first["name"] = json!("gateway");
     let config = &mut first["typed_config"]["config"];
-    config["name"] = json!("gateway");
-    config["root_id"] = json!("gateway");
+    let name = match config["name"].as_str() {
+        Some(name) if !BUNDLED.contains(&name) => name.to_string(),
+        _ => "gateway".to_string(),
+    };
+    first["name"] = json!(name);
+    let config = &mut first["typed_config"]["config"];
+    config["name"] = json!(name);
+    config["root_id"] = json!(name);
     config["vm_config"]["code"]["local"]["filename"] = json!(paths::wasm_module("gateway").display().to_string());
     config["configuration"]["value"] = json!(Value::Object(sections).to_string());
     first
@@ -113,5 +132,25 @@ mod tests {
         assert_eq!(merged[1]["name"], "envoy.filters.http.cors");
         assert_eq!(merged[2]["name"], "gateway");
         assert_eq!(merged[3]["name"], "noop");
+    }
+
+    #[test]
+    fn another_instance_stays_its_own_bundle_under_its_name() {
+        let wasm = |module: &str, name: &str| {
+            json!({"name": name, "typed_config": {"config": {
+                "name": name,
+                "vm_config": {"code": {"local": {"filename": format!("/x/{module}.wasm")}}},
+                "configuration": {"value": "{}"}
+            }}})
+        };
+        let merged = merged(vec![
+            wasm("metrics", "metrics"),
+            wasm("ratelimit", "public"),
+            wasm("ratelimit", "internal"),
+            wasm("ratelimit", "ratelimit"),
+        ]);
+        let names: Vec<&str> =
+            merged.iter().map(|filter| filter["typed_config"]["config"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["gateway", "public", "internal", "gateway"]);
     }
 }

@@ -8,8 +8,10 @@ use std::path::Path;
 /// Labels our filters' metrics carry: the metrics filter's (plus its overflow counter's
 /// `label`), the ratelimit filter's `rule`, `decision` and `reason`, and the auth filter's
 /// `result` and `provider`.
-pub const GATEWAY_LABELS: [&str; 11] =
-    ["route", "upstream", "method", "code", "consumer", "label", "rule", "decision", "reason", "result", "provider"];
+pub const GATEWAY_LABELS: [&str; 12] = [
+    "route", "upstream", "method", "code", "consumer", "label", "rule", "decision", "reason", "result", "provider",
+    "plugin",
+];
 
 pub struct Gateway {
     routes: Vec<Value>,

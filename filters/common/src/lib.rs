@@ -34,6 +34,7 @@ pub mod counter;
 pub mod duration;
 pub mod host;
 pub mod path_match;
+pub mod plugin;
 pub mod request;
 pub mod request_match;
 pub mod response;

@@ -42,6 +42,8 @@ fn no_stages(_: &[u8], _: &dyn Host) -> Result<Vec<Box<dyn Stage>>, String> {
 /// What one worker keeps: the stages, the paused streams a stage may wake, and the counts of
 /// boundary crossings (host calls and callbacks) that the benchmark reads.
 struct Chain {
+    /// The host as this plugin sees it (its shared-data keys and metric names).
+    host: Rc<ProxyHost>,
     stages: Vec<Box<dyn Stage>>,
     paused: RefCell<HashMap<u32, Weak<RefCell<ChainStream>>>>,
     /// Calls that paused streams' stages started from the root's callbacks, to the stream's
@@ -128,8 +130,8 @@ impl Chain {
 
     fn flush(&self) {
         self.host_calls.add(take_host_calls());
-        self.host_calls.flush(&ProxyHost);
-        self.callbacks.flush(&ProxyHost);
+        self.host_calls.flush(self.host.as_ref());
+        self.callbacks.flush(self.host.as_ref());
     }
 }
 
@@ -144,7 +146,7 @@ impl Context for ChainRoot {
             return;
         }
         for (index, stage) in chain.stages.iter().enumerate() {
-            if let Some(wakes) = stage.on_call_response(&ProxyHost, token_id, num_headers, body_size) {
+            if let Some(wakes) = stage.on_call_response(chain.host.as_ref(), token_id, num_headers, body_size) {
                 chain.wake(index, wakes);
                 chain.retick();
                 return;
@@ -167,7 +169,8 @@ impl Context for ChainRoot {
 
 impl RootContext for ChainRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let stages = match plugin_configuration().and_then(|bytes| (self.build)(&bytes, &ProxyHost)) {
+        let host = Rc::new(ProxyHost::for_plugin(self.name));
+        let stages = match plugin_configuration().and_then(|bytes| (self.build)(&bytes, host.as_ref())) {
             Ok(stages) => stages,
             Err(reason) => {
                 log::error!("{}: {reason}", self.name);
@@ -179,8 +182,9 @@ impl RootContext for ChainRoot {
             paused: RefCell::new(HashMap::new()),
             root_started_calls: RefCell::new(HashMap::new()),
             tick: Cell::new(Duration::ZERO),
-            host_calls: BatchedCounter::define(&ProxyHost, "gateway_host_calls_total"),
-            callbacks: BatchedCounter::define(&ProxyHost, "gateway_vm_callbacks_total"),
+            host_calls: BatchedCounter::define(host.as_ref(), "gateway_host_calls_total"),
+            callbacks: BatchedCounter::define(host.as_ref(), "gateway_vm_callbacks_total"),
+            host,
         };
         chain.retick();
         if chain.tick.get().is_zero() {
@@ -194,7 +198,7 @@ impl RootContext for ChainRoot {
     fn on_tick(&mut self) {
         let Some(chain) = &self.chain else { return };
         for (index, stage) in chain.stages.iter().enumerate() {
-            let wakes = stage.on_tick(&ProxyHost);
+            let wakes = stage.on_tick(chain.host.as_ref());
             if !wakes.is_empty() {
                 chain.wake(index, wakes);
             }
@@ -211,6 +215,7 @@ impl RootContext for ChainRoot {
         let chain = self.chain.clone()?;
         chain.callback();
         let stream = ChainStream {
+            host: Rc::clone(&chain.host),
             stages: chain.stages.iter().map(|stage| stage.new_stream()).collect(),
             memo: RequestMemo::default(),
             paused_at: None,
@@ -222,6 +227,7 @@ impl RootContext for ChainRoot {
 
 /// One request's state for every stage, and the request view they share.
 struct ChainStream {
+    host: Rc<ProxyHost>,
     stages: Vec<Box<dyn StageStream>>,
     memo: RequestMemo,
     /// The stage that holds the request (it waits, or it answered).
@@ -240,7 +246,7 @@ impl ChainStream {
 
     fn with_stage<T>(&mut self, index: usize, run: impl FnOnce(&mut dyn StageStream, &mut Request) -> T) -> Option<T> {
         let stage = self.stages.get_mut(index)?;
-        let mut request = Request::new(&ProxyHost, &mut self.memo);
+        let mut request = Request::new(self.host.as_ref(), &mut self.memo);
         Some(run(stage.as_mut(), &mut request))
     }
 

@@ -3,6 +3,7 @@
 //! the count per request: each call crosses the VM boundary).
 
 use gateway_common::host::{HeaderMap, Host, HostError, MetricKind};
+use gateway_common::plugin::{PluginScope, PLUGIN_NAME};
 use gateway_common::shared::{SharedStore, StoreError, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
@@ -45,8 +46,22 @@ pub(crate) fn take_host_calls() -> u64 {
     HOST_CALLS.with(|calls| calls.replace(0))
 }
 
-/// The host of the current context (whichever Envoy's callback made current).
-pub struct ProxyHost;
+/// The host of the current context (whichever Envoy's callback made current), as one plugin
+/// sees it: its shared-data keys and metric names carry the plugin's name (see
+/// [`gateway_common::plugin`]).
+pub struct ProxyHost {
+    shared: HostSharedData,
+}
+
+impl ProxyHost {
+    /// The host for the plugin being configured (call from the root context's `on_configure`,
+    /// where Envoy knows the plugin's name) running `module`.
+    pub fn for_plugin(module: &str) -> ProxyHost {
+        let name = hostcalls::get_property(PLUGIN_NAME.to_vec()).ok().flatten().unwrap_or_default();
+        let name = String::from_utf8_lossy(&name);
+        ProxyHost { shared: HostSharedData { scope: PluginScope::new(&name, module) } }
+    }
+}
 
 fn map_type(map: HeaderMap) -> MapType {
     match map {
@@ -93,7 +108,7 @@ impl Host for ProxyHost {
     }
 
     fn shared_data(&self) -> &dyn SharedStore {
-        &HostSharedData
+        &self.shared
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
@@ -102,7 +117,7 @@ impl Host for ProxyHost {
             MetricKind::Counter => MetricType::Counter,
             MetricKind::Histogram => MetricType::Histogram,
         };
-        hostcalls::define_metric(kind, name).ok()
+        hostcalls::define_metric(kind, &self.shared.scope.metric(name)).ok()
     }
 
     fn increment_metric(&self, id: u32, by: u64) -> Result<(), HostError> {
@@ -150,13 +165,16 @@ impl Host for ProxyHost {
     }
 }
 
-/// The VM's shared data, common to all worker threads that run this VM id.
-pub struct HostSharedData;
+/// The VM's shared data, common to all worker threads that run this VM id, under the
+/// plugin's key prefix.
+pub struct HostSharedData {
+    scope: PluginScope,
+}
 
 impl SharedStore for HostSharedData {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         counted();
-        match hostcalls::get_shared_data(key) {
+        match hostcalls::get_shared_data(&self.scope.key(key)) {
             Ok((value, Some(cas))) => Ok(Some(Versioned { value: value.unwrap_or_default(), cas })),
             // The SDK reports an empty stored value as `None`; only a missing CAS means "no key".
             Ok((Some(value), None)) => Ok(Some(Versioned { value, cas: 0 })),
@@ -168,7 +186,7 @@ impl SharedStore for HostSharedData {
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         counted();
         let cas = if cas == 0 { None } else { Some(cas) };
-        match hostcalls::set_shared_data(key, Some(value), cas) {
+        match hostcalls::set_shared_data(&self.scope.key(key), Some(value), cas) {
             Ok(()) => Ok(()),
             Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
             Err(status) => Err(StoreError::Host(format!("{status:?}"))),
