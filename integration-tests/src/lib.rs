@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod load;
 pub mod paths;
 pub mod process;
+pub mod prometheus;
 pub mod prometheus_text;
 pub mod rate_limit_headers;
 pub mod rls;

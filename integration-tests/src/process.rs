@@ -20,3 +20,10 @@ pub fn spawn_tied(command: &mut Command) -> io::Result<Child> {
     }
     command.spawn()
 }
+
+/// A port the kernel had free a moment ago, for servers that cannot be asked to pick one
+/// themselves (Redis, Prometheus).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}

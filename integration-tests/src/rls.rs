@@ -12,12 +12,6 @@ use std::time::{Duration, Instant};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A port the kernel had free a moment ago (Redis cannot be asked to pick one itself).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
 fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -45,7 +39,7 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        let mut redis = Redis { child: None, port: free_port() };
+        let mut redis = Redis { child: None, port: process::free_port() };
         redis.restart();
         redis
     }

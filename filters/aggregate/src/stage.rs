@@ -4,6 +4,7 @@
 use crate::aggregation::{Aggregation, Answer, Body, Request as Composed, Step};
 use crate::config::AggregateConfig;
 use crate::template::percent_decode;
+use gateway_common::counter::BatchedCounter;
 use gateway_common::host::{now_millis, publish_log_field, HeaderMap, Host};
 use gateway_common::log_fields;
 use gateway_common::path_match::strip_query;
@@ -12,28 +13,42 @@ use gateway_common::stage::{Flow, Stage, StageStream};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+/// The answers a composed endpoint gives, as counted in `gateway_aggregate_requests_total`.
+const OUTCOMES: [&str; 3] = ["complete", "partial", "failed"];
+
 /// Builds the stage from the filter's JSON configuration.
-pub fn build(configuration: &[u8], _host: &dyn Host) -> Result<Box<dyn Stage>, String> {
+pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, String> {
     let config = AggregateConfig::parse(configuration).map_err(|error| error.to_string())?;
-    Ok(Box::new(AggregateStage { config: Rc::new(config) }))
+    let answers = OUTCOMES
+        .map(|outcome| BatchedCounter::define(host, &format!("gateway_aggregate_requests_total.result.{outcome}")));
+    Ok(Box::new(AggregateStage { config: Rc::new(config), answers: Rc::new(answers) }))
 }
 
 struct AggregateStage {
     config: Rc<AggregateConfig>,
+    /// Per [`OUTCOMES`].
+    answers: Rc<[BatchedCounter; 3]>,
 }
 
 impl Stage for AggregateStage {
     fn new_stream(&self) -> Box<dyn StageStream> {
-        Box::new(AggregateStream { config: Rc::clone(&self.config), aggregation: None, calls: HashMap::new() })
+        Box::new(AggregateStream {
+            config: Rc::clone(&self.config),
+            answers: Rc::clone(&self.answers),
+            aggregation: None,
+            calls: HashMap::new(),
+        })
     }
 
-    fn on_tick(&self, _host: &dyn Host) -> Vec<u32> {
+    fn on_tick(&self, host: &dyn Host) -> Vec<u32> {
+        self.answers.iter().for_each(|counter| counter.flush(host));
         Vec::new()
     }
 }
 
 struct AggregateStream {
     config: Rc<AggregateConfig>,
+    answers: Rc<[BatchedCounter; 3]>,
     /// Set when the request matched an endpoint: this filter answers it.
     aggregation: Option<Aggregation>,
     /// Call token to backend index.
@@ -127,7 +142,13 @@ impl AggregateStream {
             match step {
                 Step::Wait => {}
                 Step::Reply(reply) => {
-                    publish_log_field(host, log_fields::AGGREGATE, reply.outcome());
+                    let outcome = reply.outcome();
+                    if let Some(counter) =
+                        OUTCOMES.iter().position(|known| *known == outcome).and_then(|index| self.answers.get(index))
+                    {
+                        counter.add(1);
+                    }
+                    publish_log_field(host, log_fields::AGGREGATE, outcome);
                     let headers: Vec<(&str, &str)> =
                         reply.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
                     if let Err(status) = host.send_reply(u32::from(reply.status), &headers, &reply.body) {
