@@ -14,7 +14,7 @@ FILTER_CRATES := -p metrics-filter -p ratelimit-filter -p aggregate-filter -p au
 # The benchmark's instruments (bench/): built and linted with the filters.
 BENCH_CRATES := -p noop-filter -p read-probe
 
-.PHONY: demo test bench setup wasm services lint
+.PHONY: demo test bench setup wasm services lint deploy
 
 demo:
 	@scripts/setup.sh demo
@@ -42,6 +42,11 @@ setup:
 
 wasm:
 	cargo build --release --target $(WASM_TARGET) $(MODULE_CRATES) $(BENCH_CRATES)
+
+# For Kubernetes and Istio: deploy/kubernetes/config.yaml, and per module an OCI image layout
+# (Istio's Wasm image format) and a WasmPlugin with its digest, in target/deploy/.
+deploy: wasm
+	cargo run --release -p integration-tests --bin deploy
 
 # The rate limit service, which the tests and the benchmark run as a process (as users do).
 services:

@@ -70,3 +70,14 @@ else
 fi
 version_line=$("$envoy" --version 2>/dev/null) || fail "$envoy does not run"
 [[ $version_line == *"/$envoy_version/"* ]] || fail "$envoy is not Envoy $envoy_version: $version_line"
+
+# --- kubernetes-validate: the published Kubernetes schemas, for deploy/kubernetes (make test) --
+kubernetes_validate_version=1.37.0
+if [[ $profile == test || $profile == all ]]; then
+  if ! "$root/.venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$kubernetes_validate_version"; then
+    say "installing kubernetes-validate $kubernetes_validate_version (PyPI) into .venv"
+    [[ -x $root/.venv/bin/pip ]] || python3 -m venv "$root/.venv" || fail "run \`python3 -m venv $root/.venv\`"
+    "$root/.venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$kubernetes_validate_version" \
+      || fail "run \`$root/.venv/bin/pip install kubernetes-validate==$kubernetes_validate_version\`"
+  fi
+fi

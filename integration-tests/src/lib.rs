@@ -6,6 +6,7 @@ pub mod backend;
 pub mod catalog;
 pub mod client;
 pub mod demo;
+pub mod deploy;
 pub mod envoy;
 pub mod form;
 pub mod gateway;
