@@ -8,7 +8,8 @@ use integration_tests::shipped::with_built_modules;
 use std::path::{Path, PathBuf};
 
 const README_MAX_LINES: usize = 200;
-const GUIDES: [&str; 8] = ["metrics", "auth", "ratelimit", "aggregate", "bundle", "operations", "testing", "benchmark"];
+const GUIDES: [&str; 9] =
+    ["metrics", "auth", "ratelimit", "aggregate", "bundle", "internals", "operations", "testing", "benchmark"];
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -36,31 +37,33 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
-fn anchors(markdown: &str) -> Vec<String> {
+/// The lines of a markdown text outside its fenced code blocks.
+fn prose_lines(markdown: &str) -> Vec<&str> {
     let mut in_code = false;
-    let mut found = Vec::new();
-    for line in markdown.lines() {
-        if line.starts_with("```") {
-            in_code = !in_code;
-        } else if !in_code && line.starts_with('#') {
-            found.push(anchor(line.trim_start_matches('#')));
-        }
-    }
-    found
+    markdown
+        .lines()
+        .filter(|line| {
+            if line.starts_with("```") {
+                in_code = !in_code;
+                return false;
+            }
+            !in_code
+        })
+        .collect()
+}
+
+fn anchors(markdown: &str) -> Vec<String> {
+    prose_lines(markdown)
+        .into_iter()
+        .filter(|line| line.starts_with('#'))
+        .map(|line| anchor(line.trim_start_matches('#')))
+        .collect()
 }
 
 /// The targets of `[text](target)` links outside code blocks.
 fn link_targets(markdown: &str) -> Vec<String> {
-    let mut in_code = false;
     let mut targets = Vec::new();
-    for line in markdown.lines() {
-        if line.starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for line in prose_lines(markdown) {
         let mut rest = line;
         while let Some(at) = rest.find("](") {
             let after = &rest[at + 2..];
