@@ -97,6 +97,7 @@ fn every_relative_link_in_the_docs_leads_somewhere() {
     let root = paths::repo_root();
     let mut documents = vec![root.join("README.md")];
     documents.extend(files_in("docs", "md"));
+    documents.extend(files_in("docs/reference", "md"));
     let mut broken = Vec::new();
     for document in &documents {
         let text = read(document);

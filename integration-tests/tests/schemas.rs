@@ -3,7 +3,7 @@
 //! them, checked by an independent validator (the `jsonschema` crate, not the generator).
 
 use integration_tests::paths;
-use integration_tests::schemas::{committed_path, generated, render, MODULES};
+use integration_tests::schemas::{committed_path, generated, reference, reference_path, render, MODULES};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -91,7 +91,27 @@ fn the_committed_schemas_are_what_the_code_generates() {
             "{} is stale: run `cargo run -p integration-tests --bin schemas` and commit the result",
             path.display()
         );
+        let docs = reference_path(module);
+        assert!(
+            std::fs::read_to_string(&docs).unwrap_or_default() == reference(module, &schema),
+            "{} is stale: run `cargo run -p integration-tests --bin schemas` and commit the result",
+            docs.display()
+        );
     }
+}
+
+#[test]
+fn the_reference_lists_every_field_with_its_default() {
+    let auth = std::fs::read_to_string(reference_path("auth")).unwrap();
+    for row in [
+        "| `providers.NAME.remote_jwks.http_uri.cluster` | string | yes |  |",
+        "| `consumer_header` | string |  | `\"x-gateway-consumer\"` |",
+        "| `rules[].required_claims` | map of string |  | `{}` |",
+    ] {
+        assert!(auth.contains(row), "docs/reference/auth.md lacks {row}");
+    }
+    let ratelimit = std::fs::read_to_string(reference_path("ratelimit")).unwrap();
+    assert!(ratelimit.contains("| `rules[].limit.per` | string | yes |  |"));
 }
 
 #[test]
