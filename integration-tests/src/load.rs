@@ -26,6 +26,10 @@ pub struct WrkRun<'a> {
     pub headers: &'a [&'a str],
     /// A script from `integration-tests/wrk/` and its arguments.
     pub script: Option<(&'a str, &'a [&'a str])>,
+    /// Each connection waits this many ms after each answer before its next request (wrk's
+    /// `delay()`), so the offered load stays below what any variant can serve and every
+    /// variant serves about the same rate; `None` drives Envoy as fast as it answers.
+    pub pace_ms: Option<u32>,
 }
 
 impl Wrk {
@@ -43,14 +47,24 @@ impl Wrk {
         for header in run.headers {
             command.args(["-H", header]);
         }
-        if let Some((script, _)) = run.script {
-            command.arg("-s").arg(script_path(script));
+        let paced_script = run.pace_ms.map(|pace| paced(run.script.map(|(script, _)| script), pace));
+        match (&paced_script, run.script) {
+            (Some(paced), _) => {
+                command.arg("-s").arg(paced);
+            }
+            (None, Some((script, _))) => {
+                command.arg("-s").arg(script_path(script));
+            }
+            (None, None) => {}
         }
         command.arg(run.url);
         if let Some((_, arguments)) = run.script {
             command.arg("--").args(arguments.iter());
         }
         let output = command.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.binary.display()));
+        if let Some(paced) = paced_script {
+            let _ = std::fs::remove_file(paced);
+        }
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
             panic!("wrk failed: {}{text}", String::from_utf8_lossy(&output.stderr));
@@ -62,6 +76,21 @@ impl Wrk {
             p99_ms: parse_percentile(&text, "99%"),
         }
     }
+}
+
+/// A copy of `script` (or an empty script) with a `delay()` of `pace_ms`, in a temporary file.
+fn paced(script: Option<&str>, pace_ms: u32) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = script.map(|name| std::fs::read_to_string(script_path(name)).unwrap_or_default()).unwrap_or_default();
+    let path = std::env::temp_dir().join(format!(
+        "wrk-paced-{}-{}.lua",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, format!("{base}\nfunction delay()\n  return {pace_ms}\nend\n"))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
 }
 
 fn script_path(name: &str) -> PathBuf {

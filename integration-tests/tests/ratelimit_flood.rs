@@ -43,6 +43,7 @@ fn a_million_keys_leave_memory_bounded_and_active_keys_exact() {
         runs += 1;
         let prefix = format!("run{runs}");
         wrk.run(&WrkRun {
+            pace_ms: None,
             url: &envoy.url(),
             seconds,
             threads: 2,
