@@ -33,9 +33,9 @@ fi
 declare -A packages=()
 case $profile in
   demo) packages=([curl]=curl [redis-server]=redis-server) ;;
-  test) packages=([prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk [redis-server]=redis-server) ;;
+  test) packages=([prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk [redis-server]=redis-server [node]=nodejs [npm]=npm) ;;
   bench) packages=([wrk]=wrk [redis-server]=redis-server) ;;
-  all) packages=([curl]=curl [prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk [redis-server]=redis-server) ;;
+  all) packages=([curl]=curl [prometheus]=prometheus [docker-compose]=docker-compose [wrk]=wrk [redis-server]=redis-server [node]=nodejs [npm]=npm) ;;
   *) fail "unknown profile '$profile' (demo, test, bench or all)" ;;
 esac
 need_venv_package=no
@@ -79,5 +79,16 @@ if [[ $profile == test || $profile == all ]]; then
     [[ -x $root/.venv/bin/pip ]] || python3 -m venv "$root/.venv" || fail "run \`python3 -m venv $root/.venv\`"
     "$root/.venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$kubernetes_validate_version" \
       || fail "run \`$root/.venv/bin/pip install kubernetes-validate==$kubernetes_validate_version\`"
+  fi
+fi
+
+# --- @kubernetes-models/istio: Istio's published CRD schemas, for the WasmPlugins (make test) ---
+istio_models_version=2.3.0
+if [[ $profile == test || $profile == all ]]; then
+  installed=$root/.node/node_modules/@kubernetes-models/istio/package.json
+  if ! grep -q "\"version\": \"$istio_models_version\"" "$installed" 2>/dev/null; then
+    say "installing @kubernetes-models/istio $istio_models_version (npm) into .node"
+    npm install --prefix "$root/.node" --no-audit --no-fund --silent "@kubernetes-models/istio@$istio_models_version" \
+      || fail "run \`npm install --prefix $root/.node @kubernetes-models/istio@$istio_models_version\`"
   fi
 fi

@@ -1,7 +1,8 @@
 //! What Kubernetes and Istio users deploy: the manifests under `deploy/kubernetes` pass the
 //! published Kubernetes schemas (`kubernetes-validate --strict`), the ConfigMap is the compose
-//! gateway's config, and each module's OCI image layout (Istio's Wasm image format) and
-//! WasmPlugin agree with the built module byte for byte and digest for digest.
+//! gateway's config, each module's OCI image layout (Istio's Wasm image format) and WasmPlugin
+//! agree with the built module byte for byte and digest for digest, and the WasmPlugins pass
+//! Istio's published CRD schema (`@kubernetes-models/istio`).
 
 use integration_tests::deploy::{
     example_config, kubernetes_config, sha256_hex, wasm_image, wasm_plugin, write_layout, CONFIG_MEDIA_TYPE,
@@ -150,4 +151,45 @@ fn each_modules_image_layout_and_wasm_plugin_match_the_built_module() {
         // One build of a module gives one digest.
         assert_eq!(wasm_image(module, &wasm).manifest_digest, image.manifest_digest);
     }
+}
+
+/// Runs `integration-tests/js/validate-wasmplugin.js` on `manifests` (JSON files).
+fn validate_wasm_plugins(manifests: &[PathBuf]) -> Result<String, String> {
+    let root = paths::repo_root();
+    let output = Command::new("node")
+        .arg(root.join("integration-tests/js/validate-wasmplugin.js"))
+        .args(manifests)
+        .env("NODE_PATH", root.join(".node/node_modules"))
+        .output()
+        .unwrap_or_else(|e| panic!("node: {e} (run scripts/setup.sh test)"));
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+#[test]
+fn every_wasm_plugin_passes_istios_crd_schema_and_a_broken_one_does_not() {
+    let scratch = ScratchDir::new("wasmplugins");
+    let mut files = Vec::new();
+    for module in MODULES {
+        let wasm = std::fs::read(paths::wasm_module(module)).expect("the built module (make wasm)");
+        let image = wasm_image(module, &wasm);
+        let plugin = wasm_plugin(module, "registry.test/gateway", &image.manifest_digest, &example_config(module));
+        let file = scratch.path().join(format!("{module}.json"));
+        std::fs::write(&file, plugin.to_string()).unwrap();
+        files.push(file);
+    }
+    match validate_wasm_plugins(&files) {
+        Ok(output) => assert_eq!(output.matches("valid ").count(), MODULES.len(), "{output}"),
+        Err(output) => panic!("a WasmPlugin does not pass Istio's schema:\n{output}"),
+    }
+    let mut broken: Value = serde_json::from_str(&std::fs::read_to_string(&files[0]).unwrap()).unwrap();
+    broken["spec"]["phase"] = "BEFORE_EVERYTHING".into();
+    let file = scratch.path().join("broken.json");
+    std::fs::write(&file, broken.to_string()).unwrap();
+    let refused = validate_wasm_plugins(&[file]).expect_err("an unknown phase is refused");
+    assert!(refused.contains("phase"), "{refused}");
 }
