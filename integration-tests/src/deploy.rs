@@ -21,11 +21,7 @@ pub fn output_dir() -> std::path::PathBuf {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex_encode(&Sha256::digest(bytes))
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// The ConfigMaps of `deploy/kubernetes/`: the compose Envoy config (the same gateway as the

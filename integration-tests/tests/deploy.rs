@@ -31,19 +31,20 @@ fn resources() -> Vec<PathBuf> {
         .collect()
 }
 
-fn kubernetes_validate(files: &[PathBuf]) -> Result<(), String> {
-    let binary = paths::repo_root().join(".venv/bin/kubernetes-validate");
-    let output = Command::new(&binary)
-        .args(["--strict", "--quiet"])
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup.sh test)", binary.display()));
+/// Runs a schema checker: its output, as `Ok` if it accepted everything.
+fn checked(command: &mut Command) -> Result<String, String> {
+    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e} (run scripts/setup.sh test)"));
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     if output.status.success() {
-        Ok(())
+        Ok(text)
     } else {
         Err(text)
     }
+}
+
+fn kubernetes_validate(files: &[PathBuf]) -> Result<String, String> {
+    let binary = paths::repo_root().join(".venv/bin/kubernetes-validate");
+    checked(Command::new(binary).args(["--strict", "--quiet"]).args(files))
 }
 
 #[test]
@@ -156,18 +157,12 @@ fn each_modules_image_layout_and_wasm_plugin_match_the_built_module() {
 /// Runs `integration-tests/js/validate-wasmplugin.js` on `manifests` (JSON files).
 fn validate_wasm_plugins(manifests: &[PathBuf]) -> Result<String, String> {
     let root = paths::repo_root();
-    let output = Command::new("node")
-        .arg(root.join("integration-tests/js/validate-wasmplugin.js"))
-        .args(manifests)
-        .env("NODE_PATH", root.join(".node/node_modules"))
-        .output()
-        .unwrap_or_else(|e| panic!("node: {e} (run scripts/setup.sh test)"));
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    if output.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
+    checked(
+        Command::new("node")
+            .arg(root.join("integration-tests/js/validate-wasmplugin.js"))
+            .args(manifests)
+            .env("NODE_PATH", root.join(".node/node_modules")),
+    )
 }
 
 #[test]
