@@ -310,10 +310,19 @@ fn a_slow_service_under_a_spike_is_cut_off_at_once_and_other_routes_stay_fast() 
     let answers: Vec<(u16, bool, Duration)> = spike.into_iter().map(|thread| thread.join().unwrap()).collect();
     let overflow: Vec<_> = answers.iter().filter(|(status, _, _)| *status == 503).collect();
     let served = answers.iter().filter(|(status, _, _)| *status == 200).count();
-    println!("spike of 200 on a 1 s service: {served} served, {} cut off by the circuit breaker", overflow.len());
+    // On a busy machine the spike's requests arrive over a longer time, and a request that
+    // waited for a connection may reach the route's timeouts (5 s, 2 s per try): Envoy answers
+    // it 504, as configured, by the route's 5 s. Nothing else may come back, and nothing hangs.
+    let timed_out: Vec<_> = answers.iter().filter(|(status, _, _)| *status == 504).collect();
+    println!(
+        "spike of 200 on a 1 s service: {served} served, {} cut off by the circuit breaker, {} at the route timeout",
+        overflow.len(),
+        timed_out.len()
+    );
     // 100 in flight and 50 waiting for a connection at most; the rest is answered at once.
     assert!(overflow.len() >= 40, "{} overflowed", overflow.len());
-    assert_eq!(served + overflow.len(), 200, "{answers:?}");
+    assert_eq!(served + overflow.len() + timed_out.len(), 200, "{answers:?}");
+    assert!(timed_out.iter().all(|(_, _, took)| *took < Duration::from_secs(6)), "{timed_out:?}");
     assert!(
         overflow.iter().all(|(_, overloaded, took)| *overloaded && *took < Duration::from_millis(1000)),
         "{overflow:?}"
