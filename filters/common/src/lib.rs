@@ -33,6 +33,7 @@ pub mod config;
 pub mod counter;
 pub mod duration;
 pub mod host;
+pub mod label_value;
 pub mod path_match;
 pub mod plugin;
 pub mod request;

@@ -9,6 +9,8 @@
 //!   (`metrics` for `metrics.wasm`, `gateway` for the bundle), as the shipped configs name
 //!   them: one instance per module keeps the plain series names.
 
+use crate::label_value;
+
 /// Envoy's attribute holding the plugin's `config.name`.
 pub const PLUGIN_NAME: [&str; 1] = ["plugin_name"];
 
@@ -28,11 +30,7 @@ impl PluginScope {
             String::new()
         } else {
             // A label value keeps to the characters the stats tags can take apart.
-            let value: String = plugin_name
-                .chars()
-                .take(64)
-                .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
-                .collect();
+            let value = label_value::sanitize(plugin_name.as_bytes()).unwrap_or_default();
             format!(".plugin.{value}")
         };
         PluginScope { key_prefix, metric_suffix }

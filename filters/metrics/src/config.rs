@@ -1,8 +1,9 @@
 //! The metrics filter's configuration: JSON in Envoy's `configuration` field, compiled once
 //! into [`MetricsConfig`].
 
-use crate::labels::{is_label_value, OVERFLOW_VALUE};
+use crate::labels::OVERFLOW_VALUE;
 use gateway_common::config::{header_name, parse_json, ConfigError};
+use gateway_common::label_value::is_label_value;
 use gateway_common::CONSUMER_HEADER;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};

@@ -6,7 +6,8 @@
 
 use crate::cardinality::{Admission, LabelValues};
 use crate::config::{LabelSpec, MetricsConfig};
-use crate::labels::{escape_reserved, sanitize, stat_name, OVERFLOW_VALUE};
+use crate::labels::{escape_reserved, stat_name, OVERFLOW_VALUE};
+use gateway_common::label_value::sanitize;
 use gateway_common::shared::{SharedStore, StoreError};
 
 pub const REQUESTS_TOTAL: &str = "gateway_requests_total";
