@@ -41,7 +41,14 @@ pub const SEED_KEY: &str = "gateway_ratelimit.seed";
 /// The shared-data key of group `index` in a table of `groups` groups. The size is part of
 /// the name, so a configuration with another size starts its own table.
 pub fn group_key(groups: u32, index: u32) -> String {
-    format!("gateway_ratelimit.{groups}.{index}")
+    // Built on every request: without the formatting machinery.
+    let mut digits = itoa::Buffer::new();
+    let mut key = String::with_capacity(40);
+    key.push_str("gateway_ratelimit.");
+    key.push_str(digits.format(groups));
+    key.push('.');
+    key.push_str(digits.format(index));
+    key
 }
 
 /// Written after the last group of a table of `groups` groups is created.
@@ -199,6 +206,12 @@ mod tests {
 
     fn allowed(outcome: Outcome) -> bool {
         matches!(outcome, Outcome::Acquired(acquire) if acquire.allowed)
+    }
+
+    #[test]
+    fn group_keys_name_the_table_size_and_the_group() {
+        assert_eq!(group_key(4096, 17), "gateway_ratelimit.4096.17");
+        assert_eq!(group_key(u32::MAX, 0), "gateway_ratelimit.4294967295.0");
     }
 
     #[test]
