@@ -16,7 +16,6 @@
 use crate::config::{RateLimitConfig, Scope};
 use crate::gcra::Acquire;
 use crate::limiter::{Check, CheckResult};
-use sfv::{RefBareItem, RefListSerializer};
 
 /// One rule in the headers.
 struct Reported<'a> {
@@ -63,27 +62,44 @@ pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'
     if config.legacy_headers {
         // The rule closest to its limit is the one a client must respect.
         if let Some(rule) = reported.iter().min_by_key(|rule| rule.acquire.remaining) {
-            headers.push(("x-ratelimit-limit", rule.quota.to_string()));
-            headers.push(("x-ratelimit-remaining", rule.acquire.remaining.to_string()));
-            headers.push(("x-ratelimit-reset", rule.acquire.reset_seconds.to_string()));
+            let mut digits = itoa::Buffer::new();
+            headers.push(("x-ratelimit-limit", digits.format(rule.quota).to_string()));
+            headers.push(("x-ratelimit-remaining", digits.format(rule.acquire.remaining).to_string()));
+            headers.push(("x-ratelimit-reset", digits.format(rule.acquire.reset_seconds).to_string()));
         }
     }
     headers
 }
 
-/// An RFC 8941 List with one String item per rule (its name) and two Integer parameters.
-/// `None` if a value is outside what a structured field can carry (names are checked at
-/// configuration, integers are at most 10^15 - 1): the headers are left out rather than wrong.
+/// The largest RFC 8941 Integer (§3.3.1: at most 15 digits).
+const MAX_STRUCTURED_INTEGER: u64 = 999_999_999_999_999;
+
+/// An RFC 8941 List with one String item per rule (its name) and two Integer parameters,
+/// written directly: this runs on every request, and rule names are `[A-Za-z0-9_-]`
+/// (checked at configuration), which a String item carries without escapes. `None` if an
+/// integer is over what a structured field can carry: the headers are left out rather than
+/// wrong. The tests read every shape back with an independent RFC 8941 parser.
 fn structured_list(
     reported: &[Reported],
     parameters: impl Fn(&Reported) -> [(&'static str, u64); 2],
 ) -> Option<String> {
-    let mut text = String::new();
-    let mut list = RefListSerializer::new(&mut text);
-    for rule in reported {
-        list = list.bare_item(&RefBareItem::String(rule.name)).ok()?;
+    let mut text = String::with_capacity(reported.len() * 40);
+    let mut digits = itoa::Buffer::new();
+    for (index, rule) in reported.iter().enumerate() {
+        if index > 0 {
+            text.push_str(", ");
+        }
+        text.push('"');
+        text.push_str(rule.name);
+        text.push('"');
         for (key, value) in parameters(rule) {
-            list = list.parameter(key, &RefBareItem::Integer(i64::try_from(value).ok()?)).ok()?;
+            if value > MAX_STRUCTURED_INTEGER {
+                return None;
+            }
+            text.push(';');
+            text.push_str(key);
+            text.push('=');
+            text.push_str(digits.format(value));
         }
     }
     Some(text)
@@ -122,6 +138,56 @@ mod tests {
                 ("ratelimit", "\"per-ip\";r=99;t=1, \"burst\";r=0;t=3".to_string()),
             ]
         );
+    }
+
+    /// What an independent RFC 8941 parser reads in a header: (name, [(key, integer)]) per item.
+    fn parsed(value: &str) -> Vec<(String, Vec<(String, i64)>)> {
+        let list: sfv::List = sfv::Parser::parse_list(value.as_bytes()).unwrap();
+        list.into_iter()
+            .map(|member| match member {
+                sfv::ListEntry::Item(item) => {
+                    let name = item.bare_item.as_str().unwrap().to_string();
+                    let parameters = item
+                        .params
+                        .into_iter()
+                        .map(|(key, value)| (key.to_string(), value.as_int().unwrap()))
+                        .collect();
+                    (name, parameters)
+                }
+                sfv::ListEntry::InnerList(_) => panic!("an inner list in {value}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn headers_are_structured_field_lists_for_every_name_and_integer_shape() {
+        let names = ["a", "per-ip", "Rule_9", &"x".repeat(64), "-_-"];
+        for name in names {
+            for (remaining, reset) in [(0, 0), (7, 1), (MAX_STRUCTURED_INTEGER, MAX_STRUCTURED_INTEGER)] {
+                let acquire = acquired(remaining, reset);
+                let reported = [
+                    Reported { name, quota: remaining, window_seconds: reset, acquire: &acquire },
+                    Reported { name: "second", quota: 1, window_seconds: 2, acquire: &acquire },
+                ];
+                let state = structured_list(&reported, |rule| {
+                    [("r", rule.acquire.remaining), ("t", rule.acquire.reset_seconds)]
+                })
+                .unwrap();
+                let expected = |first: &str| {
+                    vec![
+                        (first.to_string(), vec![("r".to_string(), remaining as i64), ("t".to_string(), reset as i64)]),
+                        (
+                            "second".to_string(),
+                            vec![("r".to_string(), remaining as i64), ("t".to_string(), reset as i64)],
+                        ),
+                    ]
+                };
+                assert_eq!(parsed(&state), expected(name), "{state}");
+            }
+        }
+        let acquire = acquired(MAX_STRUCTURED_INTEGER + 1, 0);
+        let too_big = [Reported { name: "a", quota: 1, window_seconds: 1, acquire: &acquire }];
+        assert_eq!(structured_list(&too_big, |rule| [("r", rule.acquire.remaining), ("t", 0)]), None);
     }
 
     #[test]
