@@ -40,12 +40,17 @@ pub struct Recorder {
     config: MetricsConfig,
     /// One per label, in `config.labels` order.
     admitted: Vec<LabelValues>,
+    /// Per label, the raw value last resolved to an admitted id, and that id. Most requests
+    /// repeat the previous request's route, method or consumer; for them this skips the
+    /// sanitizing, the escaping and the hash lookup. Admitted ids never change for a worker.
+    last_admitted: Vec<Option<(Vec<u8>, u32)>>,
 }
 
 impl Recorder {
     pub fn new(config: MetricsConfig) -> Self {
         let admitted = config.labels.iter().map(|label| LabelValues::new(&label.name, label.max_values)).collect();
-        Recorder { config, admitted }
+        let last_admitted = vec![None; config.labels.len()];
+        Recorder { config, admitted, last_admitted }
     }
 
     pub fn config(&self) -> &MetricsConfig {
@@ -61,12 +66,34 @@ impl Recorder {
     /// a [`SeriesKey`]: [`MISSING`], [`OTHER`] (over the cap or not allowed: the caller counts
     /// an overflow), or the admitted value's id.
     pub fn resolve_label(&mut self, index: usize, raw: Option<&[u8]>, store: &dyn SharedStore) -> u32 {
-        let (Some(label), Some(admitted)) = (self.config.labels.get(index), self.admitted.get_mut(index)) else {
+        let (Some(label), Some(admitted), Some(last)) =
+            (self.config.labels.get(index), self.admitted.get_mut(index), self.last_admitted.get_mut(index))
+        else {
             return MISSING;
         };
-        match raw.and_then(sanitize).map(|value| escape_reserved(value, &label.missing_value)) {
-            None => MISSING,
-            Some(value) => admit(label, admitted, &value, store).map_or(OTHER, |id| FIRST_VALUE + id),
+        let Some(raw) = raw else { return MISSING };
+        if let Some((last_raw, id)) = last {
+            if last_raw.as_slice() == raw {
+                return *id;
+            }
+        }
+        let Some(value) = sanitize(raw).map(|value| escape_reserved(value, &label.missing_value)) else {
+            return MISSING;
+        };
+        match admit(label, admitted, &value, store) {
+            Some(id) => {
+                let id = FIRST_VALUE + id;
+                match last {
+                    Some((last_raw, last_id)) => {
+                        last_raw.clear();
+                        last_raw.extend_from_slice(raw);
+                        *last_id = id;
+                    }
+                    None => *last = Some((raw.to_vec(), id)),
+                }
+                id
+            }
+            None => OTHER,
         }
     }
 
@@ -168,6 +195,24 @@ mod tests {
 
     fn requests(recorder: &mut Recorder, store: &MemoryStore, values: &[Option<&str>]) -> String {
         record(recorder, store, values).0.requests
+    }
+
+    #[test]
+    fn a_repeated_value_resolves_as_the_first_time_and_others_are_not_mistaken_for_it() {
+        let store = MemoryStore::default();
+        let mut recorder = recorder(r#"{"max_values": {"consumer": 2}}"#, &store);
+        let consumer = |recorder: &mut Recorder, value: Option<&str>| {
+            requests(recorder, &store, &[Some("r"), Some("u"), Some("GET"), Some("200"), value])
+        };
+        let ada = consumer(&mut recorder, Some("ada"));
+        assert!(ada.ends_with(".consumer.ada"));
+        assert_eq!(consumer(&mut recorder, Some("ada")), ada, "the remembered value");
+        assert!(consumer(&mut recorder, Some("anonymous")).ends_with(".consumer.anonymous_"), "escaped, not cached");
+        assert!(consumer(&mut recorder, Some("a\nb")).ends_with(".consumer.other"), "over the cap of 2");
+        assert!(consumer(&mut recorder, Some("ada")).ends_with(".consumer.ada"));
+        assert!(consumer(&mut recorder, None).ends_with(".consumer.anonymous"), "missing after a remembered value");
+        assert!(consumer(&mut recorder, Some("")).ends_with(".consumer.anonymous"));
+        assert!(consumer(&mut recorder, Some("a\nb")).ends_with(".consumer.other"), "an overflow is never remembered");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, St
         overflow_ids: HashMap::new(),
         key: Vec::new(),
         overflowed: Vec::new(),
+        last_series: None,
     };
     Ok(Box::new(MetricsStage { worker: Rc::new(RefCell::new(worker)) }))
 }
@@ -41,9 +42,13 @@ struct Worker {
     /// Buffers reused by every request.
     key: SeriesKey,
     overflowed: Vec<usize>,
+    /// The series the previous request counted in: consecutive requests mostly share it, and
+    /// then the lookup by key (a hash of the whole key) is skipped.
+    last_series: Option<(SeriesKey, SeriesIds)>,
 }
 
 /// Envoy's ids for one series key; `None` where the host refused the metric.
+#[derive(Clone, Copy)]
 struct SeriesIds {
     requests: Option<u32>,
     duration: Option<u32>,
@@ -134,20 +139,36 @@ impl Worker {
                 .or_insert_with(|| define(host, MetricKind::Counter, &recorder.overflow_name(label)));
             increment(host, id, 1);
         }
-        if let Some(ids) = self.series.get(&self.key) {
-            ids.record(host, sample);
-            return;
+        if let Some((key, ids)) = &self.last_series {
+            if *key == self.key {
+                ids.record(host, sample);
+                return;
+            }
         }
-        // First request of this label combination on this worker: name and define its series.
-        let names = self.recorder.series_names(&self.key);
-        let ids = SeriesIds {
-            requests: define(host, MetricKind::Counter, &names.requests),
-            duration: define(host, MetricKind::Histogram, &names.duration),
-            request_bytes: define(host, MetricKind::Counter, &names.request_bytes),
-            response_bytes: define(host, MetricKind::Counter, &names.response_bytes),
+        let ids = match self.series.get(&self.key) {
+            Some(ids) => *ids,
+            None => {
+                // First request of this label combination on this worker: name and define its
+                // series.
+                let names = self.recorder.series_names(&self.key);
+                let ids = SeriesIds {
+                    requests: define(host, MetricKind::Counter, &names.requests),
+                    duration: define(host, MetricKind::Histogram, &names.duration),
+                    request_bytes: define(host, MetricKind::Counter, &names.request_bytes),
+                    response_bytes: define(host, MetricKind::Counter, &names.response_bytes),
+                };
+                self.series.insert(self.key.clone(), ids);
+                ids
+            }
         };
         ids.record(host, sample);
-        self.series.insert(self.key.clone(), ids);
+        match &mut self.last_series {
+            Some((key, last)) => {
+                key.clone_from(&self.key);
+                *last = ids;
+            }
+            None => self.last_series = Some((self.key.clone(), ids)),
+        }
     }
 }
 
