@@ -12,7 +12,7 @@ MODULE_CRATES := -p metrics-module -p ratelimit-module -p aggregate-module -p au
 # The filters' logic and the host adapter, also linted for the wasm target.
 FILTER_CRATES := -p metrics-filter -p ratelimit-filter -p aggregate-filter -p auth-filter -p gateway-host
 # The benchmark's instruments (bench/): built and linted with the filters.
-BENCH_CRATES := -p noop-filter -p read-probe
+BENCH_CRATES := -p noop-filter -p call-probe
 
 .PHONY: demo test bench setup wasm services lint deploy
 

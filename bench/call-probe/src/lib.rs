@@ -1,0 +1,175 @@
+//! Not a product filter: a benchmark instrument. Per request it makes the host calls its
+//! configuration lists, in the phase each is listed under, and nothing else, so `make bench`
+//! shows what a set of host calls costs without any filter logic: the five reads the metrics
+//! labels need, or every call the bundle makes.
+//! Configuration: `{"request_headers": [call, ...], "response_headers": [...], "log": [...]}`,
+//! each call one of `header:<name>`, `response_header:<name>`, `property:<a.b>`,
+//! `set_header:<name>`, `remove_header:<name>`, `add_response_header:<name>`, `clock`,
+//! `counter`, `histogram`, `shared_get`, `shared_set`.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Warn);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ProbeRoot { plan: Rc::new(Plan::default()) }) });
+}}
+
+enum Call {
+    Header(String),
+    ResponseHeader(String),
+    Property(Vec<String>),
+    SetHeader(String),
+    RemoveHeader(String),
+    AddResponseHeader(String),
+    Clock,
+    Counter(u32),
+    Histogram(u32),
+    SharedGet,
+    SharedSet,
+}
+
+#[derive(Default)]
+struct Plan {
+    request_headers: Vec<Call>,
+    response_headers: Vec<Call>,
+    log: Vec<Call>,
+}
+
+const SHARED_KEY: &str = "call-probe";
+
+fn parse(spec: &str) -> Result<Call, String> {
+    let (kind, argument) = spec.split_once(':').unwrap_or((spec, ""));
+    let owned = argument.to_string();
+    Ok(match kind {
+        "header" => Call::Header(owned),
+        "response_header" => Call::ResponseHeader(owned),
+        "property" => Call::Property(argument.split('.').map(str::to_string).collect()),
+        "set_header" => Call::SetHeader(owned),
+        "remove_header" => Call::RemoveHeader(owned),
+        "add_response_header" => Call::AddResponseHeader(owned),
+        "clock" => Call::Clock,
+        "counter" => Call::Counter(
+            hostcalls::define_metric(MetricType::Counter, "call_probe_total").map_err(|e| format!("{e:?}"))?,
+        ),
+        "histogram" => Call::Histogram(
+            hostcalls::define_metric(MetricType::Histogram, "call_probe_ms").map_err(|e| format!("{e:?}"))?,
+        ),
+        "shared_get" => Call::SharedGet,
+        "shared_set" => Call::SharedSet,
+        other => return Err(format!("unknown call `{other}`")),
+    })
+}
+
+fn calls(config: &serde_json::Value, phase: &str) -> Result<Vec<Call>, String> {
+    let Some(list) = config.get(phase) else { return Ok(Vec::new()) };
+    let list = list.as_array().ok_or(format!("`{phase}` is not a list"))?;
+    list.iter().map(|spec| parse(spec.as_str().ok_or(format!("`{phase}` holds a non-string"))?)).collect()
+}
+
+fn run(plan: &[Call]) {
+    for call in plan {
+        let outcome = match call {
+            Call::Header(name) => {
+                hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).map(|v| v.map(|v| v.len()))
+            }
+            Call::ResponseHeader(name) => {
+                hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).map(|v| v.map(|v| v.len()))
+            }
+            Call::Property(path) => {
+                hostcalls::get_property(path.iter().map(String::as_str).collect()).map(|v| v.map(|v| v.len()))
+            }
+            Call::SetHeader(name) => {
+                hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some("probe")).map(|()| None)
+            }
+            Call::RemoveHeader(name) => {
+                hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).map(|()| None)
+            }
+            Call::AddResponseHeader(name) => {
+                hostcalls::add_map_value(MapType::HttpResponseHeaders, name, "probe").map(|()| None)
+            }
+            Call::Clock => hostcalls::get_current_time().map(|_| None),
+            Call::Counter(id) => hostcalls::increment_metric(*id, 1).map(|()| None),
+            Call::Histogram(id) => hostcalls::record_metric(*id, 1).map(|()| None),
+            Call::SharedGet => hostcalls::get_shared_data(SHARED_KEY).map(|(v, _)| v.map(|v| v.len())),
+            Call::SharedSet => hostcalls::set_shared_data(SHARED_KEY, Some(b"0123456789abcdef"), None).map(|()| None),
+        };
+        // Keep the optimizer from dropping the calls' results.
+        std::hint::black_box(outcome.ok());
+    }
+}
+
+struct ProbeRoot {
+    plan: Rc<Plan>,
+}
+
+impl Context for ProbeRoot {}
+
+impl RootContext for ProbeRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config: serde_json::Value = if bytes.is_empty() {
+            serde_json::json!({})
+        } else {
+            match serde_json::from_slice(&bytes) {
+                Ok(config) => config,
+                Err(error) => {
+                    log::error!("call-probe: {error}");
+                    return false;
+                }
+            }
+        };
+        let plan = (|| -> Result<Plan, String> {
+            Ok(Plan {
+                request_headers: calls(&config, "request_headers")?,
+                response_headers: calls(&config, "response_headers")?,
+                log: calls(&config, "log")?,
+            })
+        })();
+        match plan {
+            Ok(plan) => {
+                self.plan = Rc::new(plan);
+                true
+            }
+            Err(error) => {
+                log::error!("call-probe: {error}");
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(ProbeHttp { plan: Rc::clone(&self.plan) }))
+    }
+}
+
+struct ProbeHttp {
+    plan: Rc<Plan>,
+}
+
+impl Context for ProbeHttp {}
+
+impl HttpContext for ProbeHttp {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        run(&self.plan.request_headers);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        run(&self.plan.response_headers);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        run(&self.plan.log);
+    }
+}
