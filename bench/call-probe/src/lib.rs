@@ -63,10 +63,25 @@ fn parse(spec: &str) -> Result<Call, String> {
     })
 }
 
-fn calls(config: &serde_json::Value, phase: &str) -> Result<Vec<Call>, String> {
-    let Some(list) = config.get(phase) else { return Ok(Vec::new()) };
-    let list = list.as_array().ok_or(format!("`{phase}` is not a list"))?;
-    list.iter().map(|spec| parse(spec.as_str().ok_or(format!("`{phase}` holds a non-string"))?)).collect()
+const PHASES: [&str; 3] = ["request_headers", "response_headers", "log"];
+
+/// The plan a configuration lists; an unknown phase is refused (a misspelt one would
+/// otherwise measure nothing and look cheap).
+fn plan(config: &serde_json::Value) -> Result<Plan, String> {
+    let object = config.as_object().ok_or("the configuration is not an object")?;
+    if let Some(unknown) = object.keys().find(|key| !PHASES.contains(&key.as_str())) {
+        return Err(format!("unknown phase `{unknown}` (expected one of {PHASES:?})"));
+    }
+    let calls = |phase: &str| -> Result<Vec<Call>, String> {
+        let Some(list) = object.get(phase) else { return Ok(Vec::new()) };
+        let list = list.as_array().ok_or(format!("`{phase}` is not a list"))?;
+        list.iter().map(|spec| parse(spec.as_str().ok_or(format!("`{phase}` holds a non-string"))?)).collect()
+    };
+    Ok(Plan {
+        request_headers: calls("request_headers")?,
+        response_headers: calls("response_headers")?,
+        log: calls("log")?,
+    })
 }
 
 fn run(plan: &[Call]) {
@@ -124,13 +139,7 @@ impl RootContext for ProbeRoot {
                 }
             }
         };
-        let plan = (|| -> Result<Plan, String> {
-            Ok(Plan {
-                request_headers: calls(&config, "request_headers")?,
-                response_headers: calls(&config, "response_headers")?,
-                log: calls(&config, "log")?,
-            })
-        })();
+        let plan = plan(&config);
         match plan {
             Ok(plan) => {
                 self.plan = Rc::new(plan);
