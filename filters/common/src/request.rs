@@ -18,8 +18,9 @@ pub const SOURCE_ADDRESS: [&str; 2] = ["source", "address"];
 pub trait RequestFacts {
     /// A request header by lower-case name, pseudo-headers (`:path`, `:method`) included.
     fn header(&mut self, name: &str) -> Option<&[u8]>;
-    /// An Envoy attribute, e.g. [`ROUTE_NAME`].
-    fn property(&mut self, path: &[&str]) -> Option<&[u8]>;
+    /// An Envoy attribute, e.g. [`ROUTE_NAME`] (the paths are constants, so the view keeps
+    /// them without a copy).
+    fn property(&mut self, path: &'static [&'static str]) -> Option<&[u8]>;
 }
 
 /// Text views of the facts the filters match on (anything that is not UTF-8 matches nothing).
@@ -45,20 +46,103 @@ pub trait RequestText: RequestFacts {
 impl<T: RequestFacts + ?Sized> RequestText for T {}
 
 /// The facts of one stream read so far. It lives as long as the stream; a [`Request`] pairs it
-/// with the host for one callback.
+/// with the host for one callback. One list for every kind of fact, allocated once with room
+/// for a request's usual handful: every allocation the bundle saves per request counts (the
+/// per-request work runs with cold caches: docs/benchmark.md).
 #[derive(Default)]
 pub struct RequestMemo {
-    request_headers: Vec<(String, Option<Vec<u8>>)>,
-    response_headers: Vec<(String, Option<Vec<u8>>)>,
-    properties: Vec<(Vec<String>, Option<Vec<u8>>)>,
+    facts: Vec<(Fact, Option<Vec<u8>>)>,
     /// The clock as read in the current callback (see [`RequestMemo::new_callback`]).
     clock: Option<Option<u64>>,
+}
+
+/// The facts a stream usually reads (path, method, a credential, route, cluster, status).
+const USUAL_FACTS: usize = 8;
+
+/// What a remembered value is.
+#[derive(PartialEq, Eq)]
+enum Fact {
+    RequestHeader(Name),
+    ResponseHeader(Name),
+    Property(&'static [&'static str]),
+}
+
+/// A header name as a fact's key, kept inline when short (nearly every header name is), so
+/// remembering a header costs no allocation of its own.
+#[derive(PartialEq, Eq)]
+enum Name {
+    Short { length: u8, bytes: [u8; SHORT_NAME] },
+    Long(Box<str>),
+}
+
+const SHORT_NAME: usize = 30;
+
+impl Name {
+    fn new(name: &str) -> Name {
+        let mut bytes = [0; SHORT_NAME];
+        match (bytes.get_mut(..name.len()), u8::try_from(name.len())) {
+            (Some(prefix), Ok(length)) => {
+                prefix.copy_from_slice(name.as_bytes());
+                Name::Short { length, bytes }
+            }
+            _ => Name::Long(name.into()),
+        }
+    }
+
+    fn is(&self, name: &str) -> bool {
+        match self {
+            Name::Short { length, bytes } => bytes.get(..usize::from(*length)) == Some(name.as_bytes()),
+            Name::Long(known) => **known == *name,
+        }
+    }
+}
+
+impl Fact {
+    fn is_header(&self, map: HeaderMap, name: &str) -> bool {
+        match (self, map) {
+            (Fact::RequestHeader(known), HeaderMap::Request) | (Fact::ResponseHeader(known), HeaderMap::Response) => {
+                known.is(name)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl RequestMemo {
     /// A new callback of the stream began: time has moved on, so the clock is read again.
     pub fn new_callback(&mut self) {
         self.clock = None;
+    }
+
+    /// The remembered value of `fact`, read with `read` the first time.
+    fn remembered(
+        &mut self,
+        known: impl Fn(&Fact) -> bool,
+        fact: impl FnOnce() -> Fact,
+        read: impl FnOnce() -> Option<Vec<u8>>,
+    ) -> Option<&[u8]> {
+        let index = match self.facts.iter().position(|(seen, _)| known(seen)) {
+            Some(index) => index,
+            None => self.push(fact(), read()),
+        };
+        self.facts.get(index).and_then(|(_, value)| value.as_deref())
+    }
+
+    /// Adds a fact; returns its index.
+    fn push(&mut self, fact: Fact, value: Option<Vec<u8>>) -> usize {
+        if self.facts.capacity() == 0 {
+            self.facts.reserve_exact(USUAL_FACTS);
+        }
+        self.facts.push((fact, value));
+        self.facts.len() - 1
+    }
+
+    fn header(&mut self, host: &dyn Host, map: HeaderMap, name: &str) -> Option<&[u8]> {
+        let fact = || match map {
+            HeaderMap::Response => Fact::ResponseHeader(Name::new(name)),
+            _ => Fact::RequestHeader(Name::new(name)),
+        };
+        self.remembered(|seen| seen.is_header(map, name), fact, || host.header(map, name))
     }
 }
 
@@ -82,8 +166,22 @@ impl<'a> Request<'a> {
 
     /// A response header (read once; the response headers exist from the response phase on).
     pub fn response_header(&mut self, name: &str) -> Option<&[u8]> {
-        let host = self.host;
-        remembered(&mut self.memo.response_headers, name, || host.header(HeaderMap::Response, name))
+        self.memo.header(self.host, HeaderMap::Response, name)
+    }
+
+    /// Several request headers at once (each read at most once), for logic that needs them
+    /// together without copying them out of the view.
+    pub fn headers<const N: usize>(&mut self, names: [&str; N]) -> [Option<&[u8]>; N] {
+        for name in names {
+            self.memo.header(self.host, HeaderMap::Request, name);
+        }
+        let facts = &self.memo.facts;
+        names.map(|name| {
+            facts
+                .iter()
+                .find(|(known, _)| known.is_header(HeaderMap::Request, name))
+                .and_then(|(_, value)| value.as_deref())
+        })
     }
 
     /// Sets (or with `None` removes) a request header, and remembers the new value so that
@@ -91,9 +189,11 @@ impl<'a> Request<'a> {
     pub fn set_header(&mut self, name: &str, value: Option<&str>) -> Result<(), HostError> {
         let result = self.host.set_header(HeaderMap::Request, name, value);
         let value = value.map(|value| value.as_bytes().to_vec());
-        match self.memo.request_headers.iter_mut().find(|(known, _)| known == name) {
+        match self.memo.facts.iter_mut().find(|(known, _)| known.is_header(HeaderMap::Request, name)) {
             Some((_, known)) => *known = value,
-            None => self.memo.request_headers.push((name.to_string(), value)),
+            None => {
+                self.memo.push(Fact::RequestHeader(Name::new(name)), value);
+            }
         }
         result
     }
@@ -101,36 +201,13 @@ impl<'a> Request<'a> {
 
 impl RequestFacts for Request<'_> {
     fn header(&mut self, name: &str) -> Option<&[u8]> {
+        self.memo.header(self.host, HeaderMap::Request, name)
+    }
+
+    fn property(&mut self, path: &'static [&'static str]) -> Option<&[u8]> {
         let host = self.host;
-        remembered(&mut self.memo.request_headers, name, || host.header(HeaderMap::Request, name))
+        self.memo.remembered(|seen| *seen == Fact::Property(path), || Fact::Property(path), || host.property(path))
     }
-
-    fn property(&mut self, path: &[&str]) -> Option<&[u8]> {
-        let index = match self.memo.properties.iter().position(|(known, _)| known.iter().eq(path.iter())) {
-            Some(index) => index,
-            None => {
-                let value = self.host.property(path);
-                self.memo.properties.push((path.iter().map(|part| part.to_string()).collect(), value));
-                self.memo.properties.len() - 1
-            }
-        };
-        self.memo.properties.get(index).and_then(|(_, value)| value.as_deref())
-    }
-}
-
-fn remembered<'m>(
-    known: &'m mut Vec<(String, Option<Vec<u8>>)>,
-    name: &str,
-    read: impl FnOnce() -> Option<Vec<u8>>,
-) -> Option<&'m [u8]> {
-    let index = match known.iter().position(|(seen, _)| seen == name) {
-        Some(index) => index,
-        None => {
-            known.push((name.to_string(), read()));
-            known.len() - 1
-        }
-    };
-    known.get(index).and_then(|(_, value)| value.as_deref())
 }
 
 #[cfg(test)]
@@ -157,6 +234,16 @@ mod tests {
     }
 
     #[test]
+    fn headers_are_read_together_once_each() {
+        let host = FakeHost::default().with_request_header(":method", "GET").with_request_header(":path", "/a");
+        let mut memo = RequestMemo::default();
+        let mut request = Request::new(&host, &mut memo);
+        assert_eq!(request.headers([":method", ":path", "x-absent"]), [Some(&b"GET"[..]), Some(&b"/a"[..]), None]);
+        assert_eq!(request.headers([":path", ":method"]), [Some(&b"/a"[..]), Some(&b"GET"[..])]);
+        assert_eq!(host.calls_named("header"), 3);
+    }
+
+    #[test]
     fn the_clock_is_read_once_per_callback() {
         let host = FakeHost::default().with_clock_millis(5);
         let mut memo = RequestMemo::default();
@@ -179,6 +266,20 @@ mod tests {
         assert_eq!(request.header("x-consumer"), None);
         assert_eq!(host.calls_named("header"), 0);
         assert_eq!(host.request_header("x-consumer"), None);
+    }
+
+    #[test]
+    fn long_header_names_are_remembered_too() {
+        let long = "x-a-header-name-longer-than-thirty-bytes";
+        let host = FakeHost::default().with_request_header(long, "v").with_request_header("x-a-header-name-longer", "w");
+        let mut memo = RequestMemo::default();
+        let mut request = Request::new(&host, &mut memo);
+        for _ in 0..2 {
+            assert_eq!(request.header(long), Some(&b"v"[..]));
+            assert_eq!(request.header("x-a-header-name-longer"), Some(&b"w"[..]));
+            assert_eq!(request.response_header(long), None, "a response header is another fact");
+        }
+        assert_eq!(host.calls_named("header"), 3);
     }
 
     #[test]

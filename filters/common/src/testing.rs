@@ -293,7 +293,7 @@ impl crate::request::RequestFacts for FakeRequest {
         self.headers.iter().find(|(known, _)| known == name).map(|(_, value)| value.as_slice())
     }
 
-    fn property(&mut self, path: &[&str]) -> Option<&[u8]> {
+    fn property(&mut self, path: &'static [&'static str]) -> Option<&[u8]> {
         let dotted = path.join(".");
         let found = self.properties.iter().find(|(known, _)| *known == dotted).map(|(_, value)| value.as_slice());
         self.asked.push(dotted);

@@ -31,9 +31,9 @@ struct Reported<'a> {
 /// described by the limit the rate limit service reported (`q` = its requests per unit,
 /// `w` = the unit in seconds); the service may also report no limit, and then nothing is said.
 pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'static str, String)> {
-    let reported: Vec<Reported> = checks
-        .iter()
-        .filter_map(|check| {
+    // Walked again for each header rather than collected: this runs on every request.
+    let reported = || {
+        checks.iter().filter_map(|check| {
             let rule = config.rules.get(check.rule).filter(|rule| rule.headers)?;
             let acquire = match &check.result {
                 CheckResult::Allowed(acquire)
@@ -48,20 +48,20 @@ pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'
             };
             Some(Reported { name: &rule.name, quota, window_seconds, acquire })
         })
-        .collect();
-    if reported.is_empty() {
+    };
+    if reported().next().is_none() {
         return Vec::new();
     }
     let (Some(policy), Some(state)) = (
-        structured_list(&reported, |rule| [("q", rule.quota), ("w", rule.window_seconds)]),
-        structured_list(&reported, |rule| [("r", rule.acquire.remaining), ("t", rule.acquire.reset_seconds)]),
+        structured_list(reported(), |rule| [("q", rule.quota), ("w", rule.window_seconds)]),
+        structured_list(reported(), |rule| [("r", rule.acquire.remaining), ("t", rule.acquire.reset_seconds)]),
     ) else {
         return Vec::new();
     };
     let mut headers = vec![("ratelimit-policy", policy), ("ratelimit", state)];
     if config.legacy_headers {
         // The rule closest to its limit is the one a client must respect.
-        if let Some(rule) = reported.iter().min_by_key(|rule| rule.acquire.remaining) {
+        if let Some(rule) = reported().min_by_key(|rule| rule.acquire.remaining) {
             let mut digits = itoa::Buffer::new();
             headers.push(("x-ratelimit-limit", digits.format(rule.quota).to_string()));
             headers.push(("x-ratelimit-remaining", digits.format(rule.acquire.remaining).to_string()));
@@ -79,20 +79,20 @@ const MAX_STRUCTURED_INTEGER: u64 = 999_999_999_999_999;
 /// (checked at configuration), which a String item carries without escapes. `None` if an
 /// integer is over what a structured field can carry: the headers are left out rather than
 /// wrong. The tests read every shape back with an independent RFC 8941 parser.
-fn structured_list(
-    reported: &[Reported],
+fn structured_list<'a>(
+    reported: impl Iterator<Item = Reported<'a>>,
     parameters: impl Fn(&Reported) -> [(&'static str, u64); 2],
 ) -> Option<String> {
-    let mut text = String::with_capacity(reported.len() * 40);
+    let mut text = String::with_capacity(64);
     let mut digits = itoa::Buffer::new();
-    for (index, rule) in reported.iter().enumerate() {
+    for (index, rule) in reported.enumerate() {
         if index > 0 {
             text.push_str(", ");
         }
         text.push('"');
         text.push_str(rule.name);
         text.push('"');
-        for (key, value) in parameters(rule) {
+        for (key, value) in parameters(&rule) {
             if value > MAX_STRUCTURED_INTEGER {
                 return None;
             }
@@ -169,7 +169,7 @@ mod tests {
                     Reported { name, quota: remaining, window_seconds: reset, acquire: &acquire },
                     Reported { name: "second", quota: 1, window_seconds: 2, acquire: &acquire },
                 ];
-                let state = structured_list(&reported, |rule| {
+                let state = structured_list(reported.into_iter(), |rule| {
                     [("r", rule.acquire.remaining), ("t", rule.acquire.reset_seconds)]
                 })
                 .unwrap();
@@ -187,7 +187,7 @@ mod tests {
         }
         let acquire = acquired(MAX_STRUCTURED_INTEGER + 1, 0);
         let too_big = [Reported { name: "a", quota: 1, window_seconds: 1, acquire: &acquire }];
-        assert_eq!(structured_list(&too_big, |rule| [("r", rule.acquire.remaining), ("t", 0)]), None);
+        assert_eq!(structured_list(too_big.into_iter(), |rule| [("r", rule.acquire.remaining), ("t", 0)]), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 
 use crate::config::{FailurePolicy, HeaderCondition, KeyPart, Match, RateLimitConfig, Rule, Scope};
 use crate::gcra::{Acquire, Limit};
-use crate::table::{self, bucket_id, BucketId, Outcome};
+use crate::table::{self, BucketHasher, BucketId, Outcome};
+use std::borrow::Cow;
 use gateway_common::client_ip::from_source_address;
 use gateway_common::path_match::strip_query;
 use gateway_common::request::{ROUTE_NAME, SOURCE_ADDRESS};
@@ -133,11 +134,9 @@ pub fn evaluate(
         };
         // A rule whose key cannot be built (its header is absent) does not apply, as with
         // Envoy's rate limit descriptors; pair such rules with a client_ip rule.
-        let Some(parts) = key_parts(rule, config, facts) else {
+        let Some(id) = bucket(rule, limit, config, facts, seed) else {
             continue;
         };
-        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
-        let id = bucket_id(seed, config.groups, &rule.name, limit, &parts);
         let mut result = charge(store, &table::group_key(config.groups, id.group), id, rule, limit, now_nanos);
         let overflowed = result == CheckResult::Failed(Failure::TableFull);
         if overflowed {
@@ -187,21 +186,29 @@ fn matches(matcher: &Match, facts: &mut dyn RequestFacts) -> bool {
     })
 }
 
-/// The rule's key parts for this request, or `None` when one of them is missing.
-fn key_parts(rule: &Rule, config: &RateLimitConfig, facts: &mut dyn RequestFacts) -> Option<Vec<Vec<u8>>> {
-    rule.key
-        .iter()
-        .map(|part| match part {
+/// The rule's bucket for this request, or `None` when one of its key parts is missing.
+fn bucket(
+    rule: &Rule,
+    limit: &Limit,
+    config: &RateLimitConfig,
+    facts: &mut dyn RequestFacts,
+    seed: [u8; 16],
+) -> Option<BucketId> {
+    let mut hasher = BucketHasher::new(seed, &rule.name, limit);
+    for part in &rule.key {
+        let bytes = match part {
             KeyPart::ClientIp(mask) => {
-                facts.property(&SOURCE_ADDRESS).and_then(from_source_address).map(|ip| mask.key(ip))
+                Cow::Owned(facts.property(&SOURCE_ADDRESS).and_then(from_source_address).map(|ip| mask.key(ip))?)
             }
-            KeyPart::Consumer => facts.header(&config.consumer_header).map(<[u8]>::to_vec),
-            KeyPart::Path => facts.header(":path").map(path_key),
-            KeyPart::Route => facts.property(&ROUTE_NAME).map(<[u8]>::to_vec),
-            KeyPart::Header(name) => facts.header(name).map(<[u8]>::to_vec),
-            KeyPart::Fixed(text) => Some(text.as_bytes().to_vec()),
-        })
-        .collect()
+            KeyPart::Consumer => Cow::Borrowed(facts.header(&config.consumer_header)?),
+            KeyPart::Path => Cow::Borrowed(path_key(facts.header(":path")?)),
+            KeyPart::Route => Cow::Borrowed(facts.property(&ROUTE_NAME)?),
+            KeyPart::Header(name) => Cow::Borrowed(facts.header(name)?),
+            KeyPart::Fixed(text) => Cow::Borrowed(text.as_bytes()),
+        };
+        hasher.part(&bytes);
+    }
+    Some(hasher.id(config.groups))
 }
 
 /// A global rule's descriptor entries for this request, or `None` when a key part is missing.
@@ -223,7 +230,7 @@ fn descriptor_entries(
                 ("masked_remote_address".to_string(), mask.network(ip))
             }
             KeyPart::Consumer => ("consumer".to_string(), text(facts.header(&config.consumer_header)?)),
-            KeyPart::Path => ("path".to_string(), text(&path_key(facts.header(":path")?))),
+            KeyPart::Path => ("path".to_string(), text(path_key(facts.header(":path")?))),
             KeyPart::Route => ("route".to_string(), text(facts.property(&ROUTE_NAME)?)),
             KeyPart::Header(name) => (name.clone(), text(facts.header(name)?)),
             KeyPart::Fixed(value) => ("generic_key".to_string(), value.clone()),
@@ -237,13 +244,13 @@ fn descriptor_entries(
 /// not a fresh bucket once `/p` is spent. Other spellings (`//p`, `/./p`, `/%70`) are made one
 /// by Envoy's path normalization, which the shipped configs turn on (`normalize_path`,
 /// `merge_slashes`): the filter sees the path Envoy routes.
-fn path_key(path: &[u8]) -> Vec<u8> {
+fn path_key(path: &[u8]) -> &[u8] {
     let path = std::str::from_utf8(path).map_or(path, |text| strip_query(text).as_bytes());
     let mut end = path.len();
     while end > 1 && path.get(end - 1) == Some(&b'/') {
         end -= 1;
     }
-    path.get(..end).unwrap_or(path).to_vec()
+    path.get(..end).unwrap_or(path)
 }
 
 /// Creates the table's groups, each rule's overflow bucket and the shared hash key. Call from
@@ -320,7 +327,7 @@ mod tests {
             self.reads.push(name.to_string());
             self.headers.get(name).map(Vec::as_slice)
         }
-        fn property(&mut self, path: &[&str]) -> Option<&[u8]> {
+        fn property(&mut self, path: &'static [&'static str]) -> Option<&[u8]> {
             if path == ROUTE_NAME {
                 self.reads.push("route".into());
                 self.route.as_deref()

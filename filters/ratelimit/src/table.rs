@@ -40,15 +40,43 @@ pub const SEED_KEY: &str = "gateway_ratelimit.seed";
 
 /// The shared-data key of group `index` in a table of `groups` groups. The size is part of
 /// the name, so a configuration with another size starts its own table.
-pub fn group_key(groups: u32, index: u32) -> String {
-    // Built on every request: without the formatting machinery.
+pub fn group_key(groups: u32, index: u32) -> GroupKey {
+    // Built on every request: on the stack, without the formatting machinery.
+    let mut key = GroupKey { bytes: [0; GROUP_KEY_BYTES], length: 0 };
     let mut digits = itoa::Buffer::new();
-    let mut key = String::with_capacity(40);
-    key.push_str("gateway_ratelimit.");
-    key.push_str(digits.format(groups));
-    key.push('.');
-    key.push_str(digits.format(index));
+    key.push(b"gateway_ratelimit.");
+    key.push(digits.format(groups).as_bytes());
+    key.push(b".");
+    key.push(digits.format(index).as_bytes());
     key
+}
+
+/// `gateway_ratelimit.` and two `u32`s with a dot between them fit.
+const GROUP_KEY_BYTES: usize = 40;
+
+/// A group's shared-data key (see [`group_key`]).
+pub struct GroupKey {
+    bytes: [u8; GROUP_KEY_BYTES],
+    length: usize,
+}
+
+impl GroupKey {
+    fn push(&mut self, part: &[u8]) {
+        let end = self.length + part.len();
+        if let Some(room) = self.bytes.get_mut(self.length..end) {
+            room.copy_from_slice(part);
+            self.length = end;
+        }
+    }
+}
+
+impl std::ops::Deref for GroupKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // ASCII by construction.
+        self.bytes.get(..self.length).and_then(|bytes| std::str::from_utf8(bytes).ok()).unwrap_or_default()
+    }
 }
 
 /// Written after the last group of a table of `groups` groups is created.
@@ -77,23 +105,38 @@ pub struct BucketId {
 /// Hashes rule, limit and key parts into a [`BucketId`]. Each part is length-prefixed, so
 /// `("ab", "c")` and `("a", "bc")` are different buckets.
 pub fn bucket_id(seed: [u8; 16], groups: u32, rule: &str, limit: &Limit, parts: &[&[u8]]) -> BucketId {
-    let (k0, k1) = split_seed(seed);
-    let mut hasher = SipHasher13::new_with_keys(k0, k1);
-    let mut write_part = |bytes: &[u8]| {
-        hasher.write_u64(bytes.len() as u64);
-        hasher.write(bytes);
-    };
-    write_part(rule.as_bytes());
-    write_part(&limit.requests.to_le_bytes());
-    write_part(&limit.period_seconds.to_le_bytes());
-    write_part(&limit.burst.to_le_bytes());
+    let mut hasher = BucketHasher::new(seed, rule, limit);
     for part in parts {
-        write_part(part);
+        hasher.part(part);
     }
-    let hash = hasher.finish();
-    // The low bits choose the group; the whole hash is the fingerprint inside it.
-    let group = u32::try_from(hash % u64::from(groups.max(1))).unwrap_or(0);
-    BucketId { group, fingerprint: hash }
+    hasher.id(groups)
+}
+
+/// [`bucket_id`] fed one key part at a time, so a request's parts need not be collected.
+pub struct BucketHasher(SipHasher13);
+
+impl BucketHasher {
+    pub fn new(seed: [u8; 16], rule: &str, limit: &Limit) -> BucketHasher {
+        let (k0, k1) = split_seed(seed);
+        let mut hasher = BucketHasher(SipHasher13::new_with_keys(k0, k1));
+        hasher.part(rule.as_bytes());
+        hasher.part(&limit.requests.to_le_bytes());
+        hasher.part(&limit.period_seconds.to_le_bytes());
+        hasher.part(&limit.burst.to_le_bytes());
+        hasher
+    }
+
+    pub fn part(&mut self, bytes: &[u8]) {
+        self.0.write_u64(bytes.len() as u64);
+        self.0.write(bytes);
+    }
+
+    pub fn id(self, groups: u32) -> BucketId {
+        let hash = self.0.finish();
+        // The low bits choose the group; the whole hash is the fingerprint inside it.
+        let group = u32::try_from(hash % u64::from(groups.max(1))).unwrap_or(0);
+        BucketId { group, fingerprint: hash }
+    }
 }
 
 fn split_seed(seed: [u8; 16]) -> (u64, u64) {
@@ -128,46 +171,80 @@ pub enum Outcome {
 /// The step of the CAS loop for one request: given the group's current bytes, decide and
 /// produce the new bytes. Pure, so the loop may call it again after a lost race.
 pub fn decide(group: &[u8], id: BucketId, limit: &Limit, now_nanos: u64) -> Step<Outcome> {
-    let mut entries = decode(group);
-    let position = entries.iter().position(|entry| entry.fingerprint == id.fingerprint);
-    let tat = position.and_then(|index| entries.get(index)).map_or(0, |entry| entry.tat);
+    let mut ways = Ways::decode(group);
+    let position = ways.entries().iter().position(|entry| entry.fingerprint == id.fingerprint);
+    let tat = position.and_then(|index| ways.entries().get(index)).map_or(0, |entry| entry.tat);
     let acquire = limit.acquire(tat, now_nanos);
     if !acquire.allowed {
         // A rejection consumes nothing, so the group is left as it is.
         return Step::Keep(Outcome::Acquired(acquire));
     }
     let mine = Entry { fingerprint: id.fingerprint, requests: limit.requests, tat: acquire.tat };
-    match position.and_then(|index| entries.get_mut(index)) {
+    match position.and_then(|index| ways.entries_mut().get_mut(index)) {
         Some(entry) => *entry = mine,
         None => {
-            entries.retain(|entry| !entry.is_idle(now_nanos));
-            if entries.len() >= WAYS {
+            ways.drop_idle(now_nanos);
+            if !ways.push(mine) {
                 return Step::Keep(Outcome::TableFull);
             }
-            entries.push(mine);
         }
     }
-    Step::Write(encode(&entries), Outcome::Acquired(acquire))
+    Step::Write(encode(ways.entries()), Outcome::Acquired(acquire))
 }
 
-fn decode(bytes: &[u8]) -> Vec<Entry> {
-    bytes
-        .chunks_exact(ENTRY_BYTES)
-        .take(WAYS)
-        .map(|chunk| {
+/// A group's entries, decoded on the stack (a group is read and written on every request).
+struct Ways {
+    slots: [Entry; WAYS],
+    used: usize,
+}
+
+impl Ways {
+    fn decode(bytes: &[u8]) -> Ways {
+        let mut ways = Ways { slots: [Entry { fingerprint: 0, requests: 0, tat: 0 }; WAYS], used: 0 };
+        for chunk in bytes.chunks_exact(ENTRY_BYTES).take(WAYS) {
             let mut fingerprint = [0u8; 8];
             let mut requests = [0u8; 8];
             let mut tat = [0u8; 16];
             fingerprint.copy_from_slice(chunk.get(..8).unwrap_or(&[0; 8]));
             requests.copy_from_slice(chunk.get(8..16).unwrap_or(&[0; 8]));
             tat.copy_from_slice(chunk.get(16..32).unwrap_or(&[0; 16]));
-            Entry {
+            ways.push(Entry {
                 fingerprint: u64::from_le_bytes(fingerprint),
                 requests: u64::from_le_bytes(requests),
                 tat: u128::from_le_bytes(tat),
+            });
+        }
+        ways
+    }
+
+    fn entries(&self) -> &[Entry] {
+        self.slots.get(..self.used).unwrap_or_default()
+    }
+
+    fn entries_mut(&mut self) -> &mut [Entry] {
+        self.slots.get_mut(..self.used).unwrap_or_default()
+    }
+
+    /// False when every way is taken.
+    fn push(&mut self, entry: Entry) -> bool {
+        let Some(slot) = self.slots.get_mut(self.used) else { return false };
+        *slot = entry;
+        self.used += 1;
+        true
+    }
+
+    fn drop_idle(&mut self, now_nanos: u64) {
+        let mut kept = 0;
+        for index in 0..self.used {
+            if let Some(entry) = self.slots.get(index).copied().filter(|entry| !entry.is_idle(now_nanos)) {
+                if let Some(slot) = self.slots.get_mut(kept) {
+                    *slot = entry;
+                }
+                kept += 1;
             }
-        })
-        .collect()
+        }
+        self.used = kept;
+    }
 }
 
 fn encode(entries: &[Entry]) -> Vec<u8> {
@@ -210,8 +287,8 @@ mod tests {
 
     #[test]
     fn group_keys_name_the_table_size_and_the_group() {
-        assert_eq!(group_key(4096, 17), "gateway_ratelimit.4096.17");
-        assert_eq!(group_key(u32::MAX, 0), "gateway_ratelimit.4294967295.0");
+        assert_eq!(&*group_key(4096, 17), "gateway_ratelimit.4096.17");
+        assert_eq!(&*group_key(u32::MAX, u32::MAX - 1), "gateway_ratelimit.4294967295.4294967294");
     }
 
     #[test]
@@ -222,7 +299,7 @@ mod tests {
             assert!(allowed(request(&mut group, id(fingerprint), NOW)));
             assert!(!allowed(request(&mut group, id(fingerprint), NOW)));
         }
-        assert_eq!(decode(&group).len(), WAYS);
+        assert_eq!(Ways::decode(&group).entries().len(), WAYS);
     }
 
     #[test]
@@ -248,7 +325,7 @@ mod tests {
         // One second later every bucket has refilled its single request: all idle.
         let later = NOW + SECOND;
         assert!(allowed(request(&mut group, id(99), later)));
-        assert_eq!(decode(&group).len(), 1, "idle entries dropped on write");
+        assert_eq!(Ways::decode(&group).entries().len(), 1, "idle entries dropped on write");
         // A dropped bucket comes back with its full burst, as it had when it was dropped.
         assert!(allowed(request(&mut group, id(1), later)));
         assert!(allowed(request(&mut group, id(1), later)));
@@ -266,7 +343,7 @@ mod tests {
         request(&mut group, id(8), NOW);
         let later = NOW + SECOND + SECOND / 2;
         assert!(allowed(request(&mut group, id(99), later)), "the seven idle ones made room");
-        assert_eq!(decode(&group).len(), 2);
+        assert_eq!(Ways::decode(&group).entries().len(), 2);
     }
 
     #[test]
