@@ -36,12 +36,12 @@ impl PluginScope {
         PluginScope { key_prefix, metric_suffix }
     }
 
-    /// The shared-data key this plugin stores `key` under.
-    pub fn key(&self, key: &str) -> String {
-        let mut scoped = String::with_capacity(self.key_prefix.len() + key.len());
+    /// Writes the shared-data key this plugin stores `key` under into `scoped` (replacing what
+    /// it held: the caller reuses one buffer, so a shared-data call allocates nothing).
+    pub fn key_into(&self, key: &str, scoped: &mut String) {
+        scoped.clear();
         scoped.push_str(&self.key_prefix);
         scoped.push_str(key);
-        scoped
     }
 
     /// The stat name this plugin defines metric `name` as.
@@ -53,6 +53,14 @@ impl PluginScope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl PluginScope {
+        fn key(&self, key: &str) -> String {
+            let mut scoped = String::from("left over");
+            self.key_into(key, &mut scoped);
+            scoped
+        }
+    }
 
     #[test]
     fn two_plugins_keep_apart_what_they_store() {

@@ -51,6 +51,9 @@ pub(crate) fn take_host_calls() -> u64 {
 /// [`gateway_common::plugin`]).
 pub struct ProxyHost {
     shared: HostSharedData,
+    /// Reused for each attribute path (joined by NUL, as the host takes it): the SDK's
+    /// `get_property` allocates twice per call.
+    scratch: RefCell<String>,
 }
 
 impl ProxyHost {
@@ -59,7 +62,8 @@ impl ProxyHost {
     pub fn for_plugin(module: &str) -> ProxyHost {
         let name = hostcalls::get_property(PLUGIN_NAME.to_vec()).ok().flatten().unwrap_or_default();
         let name = String::from_utf8_lossy(&name);
-        ProxyHost { shared: HostSharedData { scope: PluginScope::new(&name, module) } }
+        let scope = PluginScope::new(&name, module);
+        ProxyHost { shared: HostSharedData { scope, scratch: RefCell::default() }, scratch: RefCell::default() }
     }
 }
 
@@ -93,7 +97,15 @@ impl Host for ProxyHost {
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         counted();
-        hostcalls::get_property(path.to_vec()).ok().flatten()
+        let mut encoded = self.scratch.borrow_mut();
+        encoded.clear();
+        for (index, part) in path.iter().enumerate() {
+            if index > 0 {
+                encoded.push('\0');
+            }
+            encoded.push_str(part);
+        }
+        get_property(encoded.as_bytes())
     }
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), HostError> {
@@ -169,12 +181,22 @@ impl Host for ProxyHost {
 /// plugin's key prefix.
 pub struct HostSharedData {
     scope: PluginScope,
+    /// Reused for each scoped key, so a read or a write allocates nothing of its own.
+    scratch: RefCell<String>,
+}
+
+impl HostSharedData {
+    fn scoped(&self, key: &str) -> std::cell::RefMut<'_, String> {
+        let mut scoped = self.scratch.borrow_mut();
+        self.scope.key_into(key, &mut scoped);
+        scoped
+    }
 }
 
 impl SharedStore for HostSharedData {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
         counted();
-        match hostcalls::get_shared_data(&self.scope.key(key)) {
+        match hostcalls::get_shared_data(&self.scoped(key)) {
             Ok((value, Some(cas))) => Ok(Some(Versioned { value: value.unwrap_or_default(), cas })),
             // The SDK reports an empty stored value as `None`; only a missing CAS means "no key".
             Ok((Some(value), None)) => Ok(Some(Versioned { value, cas: 0 })),
@@ -186,10 +208,37 @@ impl SharedStore for HostSharedData {
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         counted();
         let cas = if cas == 0 { None } else { Some(cas) };
-        match hostcalls::set_shared_data(&self.scope.key(key), Some(value), cas) {
+        match hostcalls::set_shared_data(&self.scoped(key), Some(value), cas) {
             Ok(()) => Ok(()),
             Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
             Err(status) => Err(StoreError::Host(format!("{status:?}"))),
+        }
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    /// The ABI's attribute read (as the SDK declares it, which offers it only behind a
+    /// `Vec<&str>` path that it copies again).
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+}
+
+/// An attribute's value; `None` when Envoy has none (or refuses the path).
+fn get_property(encoded_path: &[u8]) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a buffer it allocated through the SDK's
+    // `proxy_on_memory_allocate` (a `Vec<u8>` with capacity `size`), whose ownership passes
+    // to us, exactly as the SDK's own `get_property` takes it.
+    unsafe {
+        match proxy_get_property(encoded_path.as_ptr(), encoded_path.len(), &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
+            _ => None,
         }
     }
 }
