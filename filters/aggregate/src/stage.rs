@@ -58,8 +58,14 @@ struct AggregateStream {
 impl StageStream for AggregateStream {
     fn on_request_headers(&mut self, request: &mut Request, _context_id: u32) -> Flow {
         let config = Rc::clone(&self.config);
+        // Most requests are not aggregated: they are matched without copying method and path.
+        let [Some(method), Some(path)] = request.headers([":method", ":path"]) else { return Flow::Continue };
+        let (method, path) = (String::from_utf8_lossy(method), String::from_utf8_lossy(path));
+        if config.find(&method, &path).is_none() {
+            return Flow::Continue;
+        }
+        let (method, path) = (method.into_owned(), path.into_owned());
         let mut text = |name: &str| request.header(name).map(|bytes| String::from_utf8_lossy(bytes).into_owned());
-        let (Some(method), Some(path)) = (text(":method"), text(":path")) else { return Flow::Continue };
         let Some((endpoint, parameters)) = config.find(&method, &path) else { return Flow::Continue };
         let mut composed = Composed::default();
         for (name, value) in parameters {

@@ -32,8 +32,13 @@ impl Lazy<'_> {
     }
 
     fn header(&self, name: &str) -> Option<String> {
+        self.with_header(name, |value| Some(value.to_string()))
+    }
+
+    /// Looks at a header in place (a token is hundreds of bytes: copied once, not twice).
+    fn with_header<T>(&self, name: &str, look: impl FnOnce(&str) -> Option<T>) -> Option<T> {
         let mut facts = self.facts.borrow_mut();
-        facts.header(name).and_then(|bytes| std::str::from_utf8(bytes).ok()).map(str::to_string)
+        facts.header(name).and_then(|bytes| std::str::from_utf8(bytes).ok()).and_then(look)
     }
 
     fn matches(&self, matcher: &RequestMatch) -> bool {
@@ -340,24 +345,22 @@ fn claim_text(value: &Value) -> Option<String> {
 
 fn find_token(provider: &Provider, request: &Lazy) -> Option<(String, Credential)> {
     provider.sources.iter().find_map(|source| match source {
-        TokenSource::Header { name, prefix } => {
-            let value = request.header(name)?;
+        TokenSource::Header { name, prefix } => request.with_header(name, |value| {
             let token = match value.get(..prefix.len()) {
                 Some(start) if start.eq_ignore_ascii_case(prefix) => value.get(prefix.len()..)?.trim(),
                 _ => return None,
             };
             (!token.is_empty()).then(|| (token.to_string(), Credential::Header(name.clone())))
-        }
+        }),
         TokenSource::Param(name) => {
             query_param(request.path(), name).map(|token| (token, Credential::Param(name.clone())))
         }
-        TokenSource::Cookie(name) => {
-            let cookies = request.header("cookie")?;
+        TokenSource::Cookie(name) => request.with_header("cookie", |cookies| {
             cookies.split(';').find_map(|pair| {
                 let (key, value) = pair.trim().split_once('=')?;
                 (key == name && !value.is_empty()).then(|| (value.to_string(), Credential::Cookie))
             })
-        }
+        }),
     })
 }
 
