@@ -390,6 +390,14 @@ fn main() {
     variants.push(with_token(start("suite-modules", "+ metrics, auth, ratelimit, aggregate: four modules", modules)));
     let sections: serde_json::Map<String, Value> =
         suite.iter().map(|(module, config)| (module.to_string(), config.clone())).collect();
+    if let Some(dir) = std::env::var_os("BENCH_BASELINE_DIR").filter(|dir| !dir.is_empty()) {
+        let module = std::path::PathBuf::from(dir).join("gateway.wasm");
+        variants.push(with_token(start(
+            "suite-bundle-base",
+            "+ the same four as one gateway.wasm, baseline build",
+            base().wasm_filter_at("gateway", &module, Value::Object(sections.clone()), "FAIL_CLOSED"),
+        )));
+    }
     variants.push(with_token(start(
         "suite-bundle",
         "+ the same four as one gateway.wasm",
@@ -687,6 +695,7 @@ fn report(variants: &[Variant], settings: &Settings) {
         ("rl-hot", "rl-hot-base"),
         ("auth-hot", "auth-hot-base"),
         ("auth-fresh", "auth-fresh-base"),
+        ("suite-bundle", "suite-bundle-base"),
     ] {
         if let (Some(new), Some(old)) = (find(variant), find(baseline)) {
             let (new, old) = (added_median(new), added_median(old));
