@@ -1,7 +1,7 @@
 //! The request as every filter sees it: each fact (a header, an Envoy attribute) is read from
 //! the host when something first needs it and then kept for the rest of the stream. Every read
-//! is a host call that copies data into the VM (a header about 0.7 µs, an Envoy attribute about
-//! 4.5 µs: docs/benchmark.md), so in the bundle, where all stages share one view, the path,
+//! is a host call that copies data into the VM (in Envoy a header costs 2 to 4 µs, an
+//! attribute 4 to 5 µs: docs/benchmark.md), so in the bundle, where all stages share one view, the path,
 //! method, client address, route and the consumer are read at most once per request; a header a
 //! stage sets (the consumer) is seen by the later stages without being read back.
 
@@ -46,9 +46,8 @@ pub trait RequestText: RequestFacts {
 impl<T: RequestFacts + ?Sized> RequestText for T {}
 
 /// The facts of one stream read so far. It lives as long as the stream; a [`Request`] pairs it
-/// with the host for one callback. One list for every kind of fact, allocated once with room
-/// for a request's usual handful: every allocation the bundle saves per request counts (the
-/// per-request work runs with cold caches: docs/benchmark.md).
+/// with the host for one callback. One list for every kind of fact, allocated once per stream
+/// with room for a request's usual handful, rather than an allocation per fact and name.
 #[derive(Default)]
 pub struct RequestMemo {
     facts: Vec<(Fact, Option<Vec<u8>>)>,
@@ -271,7 +270,8 @@ mod tests {
     #[test]
     fn long_header_names_are_remembered_too() {
         let long = "x-a-header-name-longer-than-thirty-bytes";
-        let host = FakeHost::default().with_request_header(long, "v").with_request_header("x-a-header-name-longer", "w");
+        let host =
+            FakeHost::default().with_request_header(long, "v").with_request_header("x-a-header-name-longer", "w");
         let mut memo = RequestMemo::default();
         let mut request = Request::new(&host, &mut memo);
         for _ in 0..2 {

@@ -5,11 +5,11 @@
 use crate::config::{FailurePolicy, HeaderCondition, KeyPart, Match, RateLimitConfig, Rule, Scope};
 use crate::gcra::{Acquire, Limit};
 use crate::table::{self, BucketHasher, BucketId, Outcome};
-use std::borrow::Cow;
 use gateway_common::client_ip::from_source_address;
 use gateway_common::path_match::strip_query;
 use gateway_common::request::{ROUTE_NAME, SOURCE_ADDRESS};
 use gateway_common::shared::{update, SharedStore, UpdateError};
+use std::borrow::Cow;
 
 /// Compare-and-swap attempts per bucket update. Every lost attempt means another worker's
 /// update went through, so with a handful of workers a few attempts always suffice; the bound
