@@ -21,6 +21,7 @@ use integration_tests::paths;
 use integration_tests::rls::{RateLimitService, Redis, ServiceOptions};
 use integration_tests::scratch::ScratchDir;
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
@@ -344,11 +345,12 @@ fn main() {
 
     // Another build of the same filters (`BENCH_BASELINE_DIR`, e.g. the previous release's
     // modules), measured in the same rounds: a change's effect without run-to-run drift.
-    if let Some(dir) = std::env::var_os("BENCH_BASELINE_DIR").filter(|dir| !dir.is_empty()) {
-        let module = |name: &str| std::path::PathBuf::from(&dir).join(format!("{name}.wasm"));
-        let baseline = |gateway: Gateway, name: &str, config: Value| {
-            gateway.wasm_filter_at(name, &module(name), config, "FAIL_CLOSED")
-        };
+    let baseline_dir = std::env::var_os("BENCH_BASELINE_DIR").filter(|dir| !dir.is_empty()).map(PathBuf::from);
+    let baseline = |dir: &Path, gateway: Gateway, name: &str, config: Value| {
+        gateway.wasm_filter_at(name, &dir.join(format!("{name}.wasm")), config, "FAIL_CLOSED")
+    };
+    if let Some(dir) = &baseline_dir {
+        let baseline = |gateway: Gateway, name: &str, config: Value| baseline(dir, gateway, name, config);
         variants.push(start(
             "metrics-base",
             "+ metrics filter, baseline build",
@@ -390,12 +392,11 @@ fn main() {
     variants.push(with_token(start("suite-modules", "+ metrics, auth, ratelimit, aggregate: four modules", modules)));
     let sections: serde_json::Map<String, Value> =
         suite.iter().map(|(module, config)| (module.to_string(), config.clone())).collect();
-    if let Some(dir) = std::env::var_os("BENCH_BASELINE_DIR").filter(|dir| !dir.is_empty()) {
-        let module = std::path::PathBuf::from(dir).join("gateway.wasm");
+    if let Some(dir) = &baseline_dir {
         variants.push(with_token(start(
             "suite-bundle-base",
             "+ the same four as one gateway.wasm, baseline build",
-            base().wasm_filter_at("gateway", &module, Value::Object(sections.clone()), "FAIL_CLOSED"),
+            baseline(dir, base(), "gateway", Value::Object(sections.clone())),
         )));
     }
     variants.push(with_token(start(
