@@ -9,6 +9,7 @@ pub mod guard;
 pub mod jwks;
 pub mod jwt;
 pub mod keyring;
+pub mod montgomery;
 pub mod remote;
 pub mod rsa_key;
 pub mod stage;

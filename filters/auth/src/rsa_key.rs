@@ -7,15 +7,15 @@
 //! signature, the message), so the exponentiation runs in variable time: plain square and
 //! multiply over the public exponent's bits, 17 Montgomery products for e = 65537, where a
 //! constant-time windowed exponentiation (what the `rsa` crate does for every operation) costs
-//! about twice as many. Measured in Envoy: docs/benchmark.md. PS256/384/512 (rare in practice)
-//! use the `rsa` crate's verification with the same prepared key.
+//! about twice as many; the products themselves are this crate's (see `montgomery`). Measured
+//! in Envoy: docs/benchmark.md. PS256/384/512 (rare in practice) use the `rsa` crate's
+//! verification with the same prepared key.
 
-use crypto_bigint::modular::{BoxedMontyForm, BoxedMontyParams};
-use crypto_bigint::{BoxedUint, Odd};
+use crate::montgomery::Modulus;
+use crypto_bigint::BoxedUint;
 use jsonwebtoken::Algorithm;
 use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
 use rsa::{Pss, PublicKey};
-use std::cmp::Ordering;
 
 /// DER `DigestInfo` prefixes before the hash (RFC 8017 §9.2, note 1).
 const SHA256_PREFIX: [u8; 19] =
@@ -29,11 +29,8 @@ const SHA512_PREFIX: [u8; 19] =
 pub struct PreparedRsa {
     /// The key as the `rsa` crate checked it (size, exponent); used for PSS.
     key: PublicKey,
-    modulus: BoxedUint,
-    params: BoxedMontyParams,
+    modulus: Modulus,
     exponent: u64,
-    /// The modulus length in bytes (`k` in RFC 8017).
-    length: usize,
 }
 
 impl PreparedRsa {
@@ -41,15 +38,14 @@ impl PreparedRsa {
     pub fn new(modulus: &[u8], exponent: &[u8]) -> Result<PreparedRsa, String> {
         let n = BoxedUint::from_be_slice_vartime(modulus);
         let e = BoxedUint::from_be_slice_vartime(exponent);
-        let key = PublicKey::new(n.clone(), e).map_err(|error| format!("unusable RSA key: {error}"))?;
+        let key = PublicKey::new(n, e).map_err(|error| format!("unusable RSA key: {error}"))?;
         let exponent = exponent
             .iter()
             .skip_while(|byte| **byte == 0)
             .try_fold(0u64, |value, byte| value.checked_mul(256).map(|value| value | u64::from(*byte)));
         let exponent = exponent.ok_or("the RSA exponent is longer than 64 bits")?;
-        let odd = Odd::new(n.clone()).into_option().ok_or("the RSA modulus is even")?;
-        let length = modulus.iter().skip_while(|byte| **byte == 0).count();
-        Ok(PreparedRsa { key, params: BoxedMontyParams::new(odd), modulus: n, exponent, length })
+        let modulus = Modulus::new(modulus).ok_or("the RSA modulus is even")?;
+        Ok(PreparedRsa { key, modulus, exponent })
     }
 
     /// Whether `signature` signs `message` (the token's `header.payload`) under `alg`; false
@@ -70,38 +66,19 @@ impl PreparedRsa {
     /// RFC 8017 §8.2.2: the signature is exactly `k` bytes, below the modulus, and its `e`-th
     /// power is `00 01 FF…FF 00 || DigestInfo prefix || hash` (at least 8 bytes of `FF`).
     fn pkcs1v15(&self, prefix: &[u8], hash: &[u8], signature: &[u8]) -> bool {
-        let padding = self.length.checked_sub(3 + prefix.len() + hash.len());
-        if signature.len() != self.length || padding.is_none_or(|padding| padding < 8) {
+        // `k` in RFC 8017.
+        let length = self.modulus.length();
+        let padding = length.checked_sub(3 + prefix.len() + hash.len());
+        if signature.len() != length || padding.is_none_or(|padding| padding < 8) {
             return false;
         }
-        let Ok(s) = BoxedUint::from_be_slice(signature, self.modulus.bits_precision()) else { return false };
-        if s.cmp_vartime(&self.modulus) != Ordering::Less {
-            return false;
-        }
-        let encoded = self.power(s).to_be_bytes();
-        // The value is stored in whole limbs: the bytes above `k` must be zero.
-        let Some(extra) = encoded.len().checked_sub(self.length) else { return false };
-        let (high, em) = encoded.split_at(extra);
+        // `None` when the signature is not below the modulus.
+        let Some(em) = self.modulus.power(signature, self.exponent) else { return false };
         let padding = padding.unwrap_or_default();
-        high.iter().all(|byte| *byte == 0)
-            && em.starts_with(&[0x00, 0x01])
+        em.starts_with(&[0x00, 0x01])
             && em.iter().skip(2).take(padding).all(|byte| *byte == 0xff)
             && em.get(2 + padding) == Some(&0x00)
             && em.get(3 + padding..) == Some(&[prefix, hash].concat()[..])
-    }
-
-    /// `s^e mod n`, left-to-right square and multiply over the public exponent.
-    fn power(&self, s: BoxedUint) -> BoxedUint {
-        let base = BoxedMontyForm::new(s, &self.params);
-        let mut result = base.clone();
-        let bits = u64::BITS - self.exponent.leading_zeros();
-        for bit in (0..bits.saturating_sub(1)).rev() {
-            result = result.square();
-            if (self.exponent >> bit) & 1 == 1 {
-                result = result.mul(&base);
-            }
-        }
-        result.retrieve()
     }
 }
 
