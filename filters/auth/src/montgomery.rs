@@ -2,10 +2,10 @@
 //!
 //! A fresh RS256 token's cost is almost all this exponentiation (16 squarings and 2
 //! multiplications of 2048-bit numbers for e = 65537). `crypto-bigint` works with 32-bit limbs
-//! in wasm and propagates every partial product's carry through a double-width word: about ten
-//! operations per 32×32-bit product. Here numbers are held in 27-bit limbs, so a 64-bit
-//! accumulator can sum a whole column of 54-bit partial products (up to 1,024 of them) without
-//! any carry: a multiply and an add per product. Each Montgomery product is computed column by
+//! in wasm, splits and propagates every partial product's carry, and has no dedicated squaring
+//! at that limb size. Here numbers are held in 27-bit limbs, so a 64-bit accumulator can sum a
+//! whole column of 54-bit partial products (fewer than 1,024 of them) without any carry: a
+//! multiply and an add per product. Each Montgomery product is computed column by
 //! column (product scanning), and a squaring computes each off-diagonal product once and
 //! doubles the sum. Inputs are public (key, signature), so the code runs in variable time.
 //! Measured in docs/benchmark.md.
@@ -15,9 +15,10 @@ use std::cmp::Ordering;
 /// Bits per limb. 2·27 = 54-bit products leave 10 bits of headroom in a 64-bit column sum.
 const LIMB_BITS: u32 = 27;
 const LIMB_MASK: u32 = (1 << LIMB_BITS) - 1;
-/// A column sums at most about 2·len products (the operands' and the reduction's): 1,024
-/// 54-bit products fit in 64 bits, so len stays below 500. RSA keys are at most 4096 bits (the
-/// `rsa` crate's limit); this bound only keeps the sums exact for any input.
+/// A column sums at most 2·len + 1 products (the operands' and the reduction's) and a carry
+/// below 2³⁷: below 2⁶⁴ while that is fewer than 1,023 products, i.e. len up to 510. 8192 bits
+/// is 304 limbs. RSA keys are at most 4096 bits anyway (the `rsa` crate's limit); this bound
+/// only keeps the sums exact for any input.
 const MAX_MODULUS_BITS: usize = 8192;
 
 /// An odd modulus prepared for Montgomery arithmetic with `R = 2^(27·len)`.
