@@ -1,7 +1,7 @@
 //! `base^e mod n` for RSA signature checks, written for 32-bit wasm.
 //!
-//! A fresh RS256 token's cost is almost all this exponentiation (16 squarings and 2
-//! multiplications of 2048-bit numbers for e = 65537). `crypto-bigint` works with 32-bit limbs
+//! A fresh RS256 token's cost is almost all this exponentiation (for e = 65537, 16 squarings
+//! and a multiplication of 2048-bit numbers, plus the moves into and out of Montgomery form). `crypto-bigint` works with 32-bit limbs
 //! in wasm, splits and propagates every partial product's carry, and has no dedicated squaring
 //! at that limb size. Here numbers are held in 27-bit limbs, so a 64-bit accumulator can sum a
 //! whole column of 54-bit partial products (fewer than 1,024 of them) without any carry: a
@@ -17,8 +17,7 @@ const LIMB_BITS: u32 = 27;
 const LIMB_MASK: u32 = (1 << LIMB_BITS) - 1;
 /// A column sums at most 2·len + 1 products (the operands' and the reduction's) and a carry
 /// below 2³⁷: below 2⁶⁴ while that is fewer than 1,023 products, i.e. len up to 510. 8192 bits
-/// is 304 limbs. RSA keys are at most 4096 bits anyway (the `rsa` crate's limit); this bound
-/// only keeps the sums exact for any input.
+/// is 304 limbs, and the largest RSA key the `rsa` crate accepts.
 const MAX_MODULUS_BITS: usize = 8192;
 
 /// An odd modulus prepared for Montgomery arithmetic with `R = 2^(27·len)`.
@@ -340,7 +339,7 @@ mod tests {
     fn agrees_where_carries_are_largest() {
         let mut bytes = Bytes(7);
         // All limbs at their maximum: every column's sums are as large as they get.
-        for length in [4, 64, 256, 512] {
+        for length in [4, 64, 256, 512, MAX_MODULUS_BITS / 8] {
             let modulus = vec![0xff; length];
             let mut below = modulus.clone();
             below[length - 1] = 0xfe;
