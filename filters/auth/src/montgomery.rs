@@ -1,13 +1,13 @@
 //! `base^e mod n` for RSA signature checks, written for 32-bit wasm.
 //!
 //! A fresh RS256 token's cost is almost all this exponentiation (for e = 65537, 16 squarings
-//! and a multiplication of 2048-bit numbers, plus the moves into and out of Montgomery form). `crypto-bigint` works with 32-bit limbs
-//! in wasm, splits and propagates every partial product's carry, and has no dedicated squaring
-//! at that limb size. Here numbers are held in 27-bit limbs, so a 64-bit accumulator can sum a
-//! whole column of 54-bit partial products (fewer than 1,024 of them) without any carry: a
-//! multiply and an add per product. Each Montgomery product is computed column by
-//! column (product scanning), and a squaring computes each off-diagonal product once and
-//! doubles the sum. Inputs are public (key, signature), so the code runs in variable time.
+//! and a multiplication of 2048-bit numbers, plus the moves into and out of Montgomery form).
+//! `crypto-bigint` works with 32-bit limbs in wasm, splits and propagates every partial
+//! product's carry, and has no dedicated squaring at that limb size. Here numbers are held in
+//! 27-bit limbs, so a 64-bit accumulator can sum a whole column of 54-bit partial products
+//! (fewer than 1,024 of them) without any carry: a multiply and an add per product. Each
+//! Montgomery product is computed column by column (product scanning), and a squaring computes
+//! each off-diagonal product once and doubles the sum. Inputs are public (key, signature), so the code runs in variable time.
 //! Measured in docs/benchmark.md.
 
 use std::cmp::Ordering;
@@ -55,9 +55,12 @@ impl Modulus {
     /// From big-endian bytes; `None` unless the modulus is odd, above 1 and at most 8192 bits.
     pub fn new(big_endian: &[u8]) -> Option<Modulus> {
         let length = big_endian.iter().skip_while(|byte| **byte == 0).count();
+        if length * 8 > MAX_MODULUS_BITS {
+            return None;
+        }
         let limbs = limbs_from_be(big_endian);
         let low = *limbs.first()?;
-        if low & 1 == 0 || (limbs.len() == 1 && low == 1) || length * 8 > MAX_MODULUS_BITS {
+        if low & 1 == 0 || (limbs.len() == 1 && low == 1) {
             return None;
         }
         // Newton's iteration doubles the correct low bits of an inverse each round; any odd x
