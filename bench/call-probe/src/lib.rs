@@ -4,9 +4,12 @@
 //! labels need, or every call the bundle makes.
 //! Configuration: `{"request_headers": [call, ...], "response_headers": [...], "log": [...]}`,
 //! each call one of `header:<name>`, `response_header:<name>`, `property:<a.b>`,
+//! `headers` (every request header in one call, as the filters fetch them),
 //! `set_header:<name>`, `remove_header:<name>`, `add_response_header:<name>`, `clock`,
 //! `counter`, `histogram`, `shared_get`, `shared_set`.
 
+use gateway_common::host::{HeaderMap, Host};
+use gateway_host::ProxyHost;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -14,11 +17,13 @@ use std::rc::Rc;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ProbeRoot { plan: Rc::new(Plan::default()) }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ProbeRoot { probe: None }) });
 }}
 
 enum Call {
     Header(String),
+    /// Through the filters' own host (`gateway-host`), which reads the host's buffer in place.
+    Headers,
     ResponseHeader(String),
     Property(Vec<String>),
     SetHeader(String),
@@ -31,7 +36,6 @@ enum Call {
     SharedSet,
 }
 
-#[derive(Default)]
 struct Plan {
     request_headers: Vec<Call>,
     response_headers: Vec<Call>,
@@ -45,6 +49,7 @@ fn parse(spec: &str) -> Result<Call, String> {
     let owned = argument.to_string();
     Ok(match kind {
         "header" => Call::Header(owned),
+        "headers" => Call::Headers,
         "response_header" => Call::ResponseHeader(owned),
         "property" => Call::Property(argument.split('.').map(str::to_string).collect()),
         "set_header" => Call::SetHeader(owned),
@@ -84,11 +89,14 @@ fn plan(config: &serde_json::Value) -> Result<Plan, String> {
     })
 }
 
-fn run(plan: &[Call]) {
+fn run(plan: &[Call], host: &ProxyHost) {
     for call in plan {
         let outcome = match call {
             Call::Header(name) => {
                 hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).map(|v| v.map(|v| v.len()))
+            }
+            Call::Headers => {
+                Ok(host.headers(HeaderMap::Request).map(|headers| headers.get(":path").map_or(0, <[u8]>::len)))
             }
             Call::ResponseHeader(name) => {
                 hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).map(|v| v.map(|v| v.len()))
@@ -116,8 +124,14 @@ fn run(plan: &[Call]) {
     }
 }
 
+/// The calls to make, and the host to make `headers` through.
+struct Probe {
+    plan: Plan,
+    host: ProxyHost,
+}
+
 struct ProbeRoot {
-    plan: Rc<Plan>,
+    probe: Option<Rc<Probe>>,
 }
 
 impl Context for ProbeRoot {}
@@ -142,7 +156,7 @@ impl RootContext for ProbeRoot {
         let plan = plan(&config);
         match plan {
             Ok(plan) => {
-                self.plan = Rc::new(plan);
+                self.probe = Some(Rc::new(Probe { plan, host: ProxyHost::for_plugin("call-probe") }));
                 true
             }
             Err(error) => {
@@ -157,28 +171,28 @@ impl RootContext for ProbeRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(ProbeHttp { plan: Rc::clone(&self.plan) }))
+        Some(Box::new(ProbeHttp { probe: Rc::clone(self.probe.as_ref()?) }))
     }
 }
 
 struct ProbeHttp {
-    plan: Rc<Plan>,
+    probe: Rc<Probe>,
 }
 
 impl Context for ProbeHttp {}
 
 impl HttpContext for ProbeHttp {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        run(&self.plan.request_headers);
+        run(&self.probe.plan.request_headers, &self.probe.host);
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        run(&self.plan.response_headers);
+        run(&self.probe.plan.response_headers, &self.probe.host);
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        run(&self.plan.log);
+        run(&self.probe.plan.log, &self.probe.host);
     }
 }

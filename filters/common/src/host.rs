@@ -3,6 +3,7 @@
 //! host calls; [`crate::testing::FakeHost`] implements it for native tests. Failures come back
 //! as values (a refused host call must never become a panic that kills the VM).
 
+use crate::header_list::HeaderList;
 use crate::shared::SharedStore;
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ pub type HostError = String;
 pub trait Host {
     /// A header value as bytes (header values are client input, never assumed to be UTF-8).
     fn header(&self, map: HeaderMap, name: &str) -> Option<Vec<u8>>;
+    /// Every header of `map` in one call (`None` where the host refuses).
+    fn headers(&self, map: HeaderMap) -> Option<HeaderList>;
     /// Replaces every value of `name` (`None` removes it).
     fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> Result<(), HostError>;
     /// Adds one more value of `name`.

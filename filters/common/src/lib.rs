@@ -32,6 +32,7 @@ pub mod client_ip;
 pub mod config;
 pub mod counter;
 pub mod duration;
+pub mod header_list;
 pub mod host;
 pub mod label_value;
 pub mod path_match;

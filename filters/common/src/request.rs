@@ -4,7 +4,15 @@
 //! attribute 4 to 5 µs: docs/benchmark.md), so in the bundle, where all stages share one view, the path,
 //! method, client address, route and the consumer are read at most once per request; a header a
 //! stage sets (the consumer) is seen by the later stages without being read back.
+//!
+//! Where a worker's requests need several request headers (the bundle's do: the credential,
+//! the path, the method), the first one needed fetches them all in one call
+//! ([`HeaderList`]), and the others are looked up in that copy: each read that returns data
+//! costs Envoy a call back into the VM to allocate it, so one call for all is cheaper than
+//! one per header. Request headers are then seen as they were at that first read; the
+//! headers stages set are seen as set.
 
+use crate::header_list::HeaderList;
 use crate::host::{HeaderMap, Host, HostError};
 
 /// Envoy's route name.
@@ -53,6 +61,12 @@ pub struct RequestMemo {
     facts: Vec<(Fact, Option<Vec<u8>>)>,
     /// The clock as read in the current callback (see [`RequestMemo::new_callback`]).
     clock: Option<Option<u64>>,
+    /// Whether the first request header needed fetches them all (see [`RequestMemo::new`]).
+    fetch_all: bool,
+    /// Every request header, once fetched.
+    request_headers: Option<HeaderList>,
+    /// Request headers looked up in the host's copy, one by one or in `request_headers`.
+    request_header_reads: u8,
 }
 
 /// The facts a stream usually reads (path, method, a credential, route, cluster, status).
@@ -108,6 +122,18 @@ impl Fact {
 }
 
 impl RequestMemo {
+    /// The view of a new stream. With `fetch_all`, the first request header it needs fetches
+    /// every request header in one host call; the driver asks for it when the worker's
+    /// previous request needed more than one (see [`RequestMemo::read_several_headers`]).
+    pub fn new(fetch_all: bool) -> RequestMemo {
+        RequestMemo { fetch_all, ..RequestMemo::default() }
+    }
+
+    /// Whether this stream needed more than one request header from the host.
+    pub fn read_several_headers(&self) -> bool {
+        self.request_header_reads > 1
+    }
+
     /// A new callback of the stream began: time has moved on, so the clock is read again.
     pub fn new_callback(&mut self) {
         self.clock = None;
@@ -136,12 +162,29 @@ impl RequestMemo {
         self.facts.len() - 1
     }
 
-    fn header(&mut self, host: &dyn Host, map: HeaderMap, name: &str) -> Option<&[u8]> {
-        let fact = || match map {
-            HeaderMap::Response => Fact::ResponseHeader(Name::new(name)),
-            _ => Fact::RequestHeader(Name::new(name)),
-        };
-        self.remembered(|seen| seen.is_header(map, name), fact, || host.header(map, name))
+    fn response_header(&mut self, host: &dyn Host, name: &str) -> Option<&[u8]> {
+        let fact = || Fact::ResponseHeader(Name::new(name));
+        let read = || host.header(HeaderMap::Response, name);
+        self.remembered(|seen| seen.is_header(HeaderMap::Response, name), fact, read)
+    }
+
+    /// A request header: as a stage set it, else from the fetched list, else read alone.
+    fn request_header(&mut self, host: &dyn Host, name: &str) -> Option<&[u8]> {
+        let known = self.facts.iter().position(|(seen, _)| seen.is_header(HeaderMap::Request, name));
+        if let Some(index) = known {
+            return self.facts.get(index).and_then(|(_, value)| value.as_deref());
+        }
+        self.request_header_reads = self.request_header_reads.saturating_add(1);
+        if self.fetch_all && self.request_headers.is_none() {
+            // Fetched once per stream; where the host refuses, headers are read one by one.
+            self.fetch_all = false;
+            self.request_headers = host.headers(HeaderMap::Request);
+        }
+        if self.request_headers.is_none() {
+            let index = self.push(Fact::RequestHeader(Name::new(name)), host.header(HeaderMap::Request, name));
+            return self.facts.get(index).and_then(|(_, value)| value.as_deref());
+        }
+        self.request_headers.as_ref().and_then(|headers| headers.get(name))
     }
 }
 
@@ -165,21 +208,19 @@ impl<'a> Request<'a> {
 
     /// A response header (read once; the response headers exist from the response phase on).
     pub fn response_header(&mut self, name: &str) -> Option<&[u8]> {
-        self.memo.header(self.host, HeaderMap::Response, name)
+        self.memo.response_header(self.host, name)
     }
 
     /// Several request headers at once (each read at most once), for logic that needs them
     /// together without copying them out of the view.
     pub fn headers<const N: usize>(&mut self, names: [&str; N]) -> [Option<&[u8]>; N] {
         for name in names {
-            self.memo.header(self.host, HeaderMap::Request, name);
+            self.memo.request_header(self.host, name);
         }
-        let facts = &self.memo.facts;
-        names.map(|name| {
-            facts
-                .iter()
-                .find(|(known, _)| known.is_header(HeaderMap::Request, name))
-                .and_then(|(_, value)| value.as_deref())
+        let memo = &*self.memo;
+        names.map(|name| match memo.facts.iter().find(|(known, _)| known.is_header(HeaderMap::Request, name)) {
+            Some((_, value)) => value.as_deref(),
+            None => memo.request_headers.as_ref().and_then(|headers| headers.get(name)),
         })
     }
 
@@ -200,7 +241,7 @@ impl<'a> Request<'a> {
 
 impl RequestFacts for Request<'_> {
     fn header(&mut self, name: &str) -> Option<&[u8]> {
-        self.memo.header(self.host, HeaderMap::Request, name)
+        self.memo.request_header(self.host, name)
     }
 
     fn property(&mut self, path: &'static [&'static str]) -> Option<&[u8]> {
@@ -240,6 +281,39 @@ mod tests {
         assert_eq!(request.headers([":method", ":path", "x-absent"]), [Some(&b"GET"[..]), Some(&b"/a"[..]), None]);
         assert_eq!(request.headers([":path", ":method"]), [Some(&b"/a"[..]), Some(&b"GET"[..])]);
         assert_eq!(host.calls_named("header"), 3);
+    }
+
+    #[test]
+    fn with_fetch_all_one_call_brings_every_request_header() {
+        let host = FakeHost::default()
+            .with_request_header(":path", "/a")
+            .with_request_header(":method", "GET")
+            .with_request_header("authorization", "Bearer t")
+            .with_request_header("x-gateway-consumer", "spoofed");
+        let mut memo = RequestMemo::new(true);
+        let mut request = Request::new(&host, &mut memo);
+        assert_eq!(request.header("authorization"), Some(&b"Bearer t"[..]));
+        request.set_header("authorization", None).unwrap();
+        request.set_header("x-gateway-consumer", Some("ada")).unwrap();
+        assert_eq!(request.headers([":path", ":method", "x-absent"]), [Some(&b"/a"[..]), Some(&b"GET"[..]), None]);
+        assert_eq!(request.header("authorization"), None, "removed by a stage");
+        assert_eq!(request.header("x-gateway-consumer"), Some(&b"ada"[..]), "as the stage set it");
+        // A later callback of the stream looks in the same copy.
+        let mut request = Request::new(&host, &mut memo);
+        assert_eq!(request.method(), Some("GET"));
+        assert_eq!((host.calls_named("headers"), host.calls_named("header")), (1, 0));
+        assert!(memo.read_several_headers());
+    }
+
+    #[test]
+    fn without_fetch_all_headers_are_read_one_by_one() {
+        let host = FakeHost::default().with_request_header(":path", "/a").with_request_header(":method", "GET");
+        let mut memo = RequestMemo::new(false);
+        assert_eq!(Request::new(&host, &mut memo).path(), Some("/a"));
+        assert!(!memo.read_several_headers(), "one header");
+        assert_eq!(Request::new(&host, &mut memo).method(), Some("GET"));
+        assert_eq!((host.calls_named("headers"), host.calls_named("header")), (0, 2));
+        assert!(memo.read_several_headers());
     }
 
     #[test]

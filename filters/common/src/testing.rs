@@ -1,5 +1,6 @@
 //! Test doubles with the host's semantics, for native unit tests.
 
+use crate::header_list::HeaderList;
 use crate::host::{HeaderMap, Host, HostError, MetricKind};
 use crate::shared::{SharedStore, StoreError, Versioned};
 use std::cell::RefCell;
@@ -33,6 +34,24 @@ impl SharedStore for MemoryStore {
         map.insert(key.to_string(), Versioned { value: value.to_vec(), cas: *counter });
         Ok(())
     }
+}
+
+/// Header pairs in the layout the proxy-wasm host hands them over in (see
+/// [`crate::header_list`]).
+pub fn header_pairs_wire(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let word = |length: usize| u32::try_from(length).unwrap_or(u32::MAX).to_le_bytes();
+    let mut wire = word(pairs.len()).to_vec();
+    for (name, value) in pairs {
+        wire.extend(word(name.len()));
+        wire.extend(word(value.len()));
+    }
+    for (name, value) in pairs {
+        wire.extend(name.as_bytes());
+        wire.push(0);
+        wire.extend(*value);
+        wire.push(0);
+    }
+    wire
 }
 
 /// A local reply a stage sent.
@@ -155,6 +174,16 @@ impl Host for FakeHost {
     fn header(&self, map: HeaderMap, name: &str) -> Option<Vec<u8>> {
         self.note("header");
         self.value(map, name)
+    }
+
+    fn headers(&self, map: HeaderMap) -> Option<HeaderList> {
+        self.note("headers");
+        let headers = self.headers.borrow();
+        let pairs: Vec<(&str, &[u8])> = headers
+            .get(map_name(map))
+            .map(|list| list.iter().map(|(name, value)| (name.as_str(), value.as_slice())).collect())
+            .unwrap_or_default();
+        HeaderList::from_wire(header_pairs_wire(&pairs))
     }
 
     fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> Result<(), HostError> {

@@ -50,6 +50,9 @@ struct Chain {
     /// context id: their answers come to the root (see `record_calls`).
     root_started_calls: RefCell<HashMap<u32, u32>>,
     tick: Cell<Duration>,
+    /// Whether the worker's last finished request needed more than one request header: the
+    /// next one then fetches them all in one host call (see [`RequestMemo::new`]).
+    several_request_headers: Cell<bool>,
     host_calls: BatchedCounter,
     callbacks: BatchedCounter,
 }
@@ -182,6 +185,7 @@ impl RootContext for ChainRoot {
             paused: RefCell::new(HashMap::new()),
             root_started_calls: RefCell::new(HashMap::new()),
             tick: Cell::new(Duration::ZERO),
+            several_request_headers: Cell::new(false),
             host_calls: BatchedCounter::define(host.as_ref(), "gateway_host_calls_total"),
             callbacks: BatchedCounter::define(host.as_ref(), "gateway_vm_callbacks_total"),
             host,
@@ -217,7 +221,7 @@ impl RootContext for ChainRoot {
         let stream = ChainStream {
             host: Rc::clone(&chain.host),
             stages: chain.stages.iter().map(|stage| stage.new_stream()).collect(),
-            memo: RequestMemo::default(),
+            memo: RequestMemo::new(chain.several_request_headers.get()),
             paused_at: None,
             request_buffered: 0,
         };
@@ -410,5 +414,6 @@ impl HttpContext for ChainHttp {
         for index in 0..stream.stages.len() {
             stream.with_stage(index, |stage, request| stage.on_log(request));
         }
+        self.chain.several_request_headers.set(stream.memo.read_several_headers());
     }
 }

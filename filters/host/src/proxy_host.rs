@@ -2,6 +2,7 @@
 //! the SDK helpers that unwrap internally, and counts every call it makes (the benchmark prints
 //! the count per request: each call crosses the VM boundary).
 
+use gateway_common::header_list::HeaderList;
 use gateway_common::host::{HeaderMap, Host, HostError, MetricKind};
 use gateway_common::plugin::{PluginScope, PLUGIN_NAME};
 use gateway_common::shared::{SharedStore, StoreError, Versioned};
@@ -75,6 +76,34 @@ fn map_type(map: HeaderMap) -> MapType {
     }
 }
 
+extern "C" {
+    // The SDK imports this too, but its `get_map_bytes` copies every name and value into an
+    // allocation of its own (and unwraps each name as UTF-8); the host's one buffer is read in
+    // place instead (`HeaderList`).
+    fn proxy_get_header_map_pairs(
+        map_type: MapType,
+        return_map_data: *mut *mut u8,
+        return_map_size: *mut usize,
+    ) -> Status;
+}
+
+/// The host's buffer of every header of `map`, in the proxy-wasm pairs layout.
+#[allow(unsafe_code)]
+fn header_pairs(map: MapType) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: on success the host has written a pointer to `size` bytes that it allocated
+    // through this module's `proxy_on_memory_allocate` (the SDK's: a boxed slice of exactly
+    // `size` bytes from the global allocator), which the Vec then owns and frees, as the SDK's
+    // own readers do.
+    unsafe {
+        if proxy_get_header_map_pairs(map, &mut data, &mut size) != Status::Ok || data.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(data, size, size))
+    }
+}
+
 fn failed(status: Status) -> HostError {
     format!("{status:?}")
 }
@@ -83,6 +112,11 @@ impl Host for ProxyHost {
     fn header(&self, map: HeaderMap, name: &str) -> Option<Vec<u8>> {
         counted();
         hostcalls::get_map_value_bytes(map_type(map), name).ok().flatten()
+    }
+
+    fn headers(&self, map: HeaderMap) -> Option<HeaderList> {
+        counted();
+        header_pairs(map_type(map)).and_then(HeaderList::from_wire)
     }
 
     fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> Result<(), HostError> {

@@ -1,0 +1,118 @@
+//! Every header of one map, as the host hands them over in a single call: one buffer in the
+//! proxy-wasm pairs layout (a little-endian `u32` count; a `u32` name length and a `u32` value
+//! length per header; then each name and each value, each followed by a NUL). Looked up in
+//! place, without copying names or values out: one call and one buffer instead of a call and
+//! a buffer per header (in Envoy each read that returns data also calls back into the VM to
+//! allocate it, which is most of what a read costs).
+
+/// A validated buffer of header pairs.
+pub struct HeaderList {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+const WORD: usize = 4;
+
+fn word(bytes: &[u8], at: usize) -> Option<usize> {
+    let word: [u8; WORD] = bytes.get(at..at.checked_add(WORD)?)?.try_into().ok()?;
+    usize::try_from(u32::from_le_bytes(word)).ok()
+}
+
+impl HeaderList {
+    /// `None` when the buffer does not hold what its lengths say (the list is then not used).
+    pub fn from_wire(bytes: Vec<u8>) -> Option<HeaderList> {
+        let count = word(&bytes, 0)?;
+        let list = HeaderList { bytes, count };
+        let mut entries = list.entries();
+        let complete = (0..count).all(|_| entries.next().is_some());
+        complete.then_some(list)
+    }
+
+    /// The first value of `name` (as the host's single read returns it); names compare
+    /// without regard to ASCII case, as Envoy's lookups do.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.entries().find(|(known, _)| known.eq_ignore_ascii_case(name.as_bytes())).map(|(_, value)| value)
+    }
+
+    fn entries(&self) -> Entries<'_> {
+        let data = self.count.checked_mul(2 * WORD).and_then(|sizes| sizes.checked_add(WORD));
+        Entries { bytes: &self.bytes, index: 0, count: self.count, data: data.unwrap_or(usize::MAX) }
+    }
+}
+
+/// The pairs in order; stops at the first that does not fit in the buffer.
+struct Entries<'a> {
+    bytes: &'a [u8],
+    index: usize,
+    count: usize,
+    /// Where the next name starts.
+    data: usize,
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.count {
+            return None;
+        }
+        let sizes = WORD + self.index * 2 * WORD;
+        let (name_length, value_length) = (word(self.bytes, sizes)?, word(self.bytes, sizes + WORD)?);
+        let name_end = self.data.checked_add(name_length)?;
+        let value_start = name_end.checked_add(1)?;
+        let value_end = value_start.checked_add(value_length)?;
+        let name = self.bytes.get(self.data..name_end)?;
+        let value = self.bytes.get(value_start..value_end)?;
+        // Each name and value is followed by a NUL.
+        if self.bytes.get(name_end) != Some(&0) || self.bytes.get(value_end) != Some(&0) {
+            return None;
+        }
+        self.data = value_end + 1;
+        self.index += 1;
+        Some((name, value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::header_pairs_wire;
+
+    #[test]
+    fn finds_the_first_value_of_a_name_in_any_case() {
+        let wire = header_pairs_wire(&[(":path", b"/a?b"), ("x-key", b"one"), ("x-key", b"two"), ("empty", b"")]);
+        let list = HeaderList::from_wire(wire).unwrap();
+        assert_eq!(list.get(":path"), Some(&b"/a?b"[..]));
+        assert_eq!(list.get("X-Key"), Some(&b"one"[..]));
+        assert_eq!(list.get("empty"), Some(&b""[..]));
+        assert_eq!(list.get("absent"), None);
+    }
+
+    #[test]
+    fn values_need_not_be_text() {
+        let list = HeaderList::from_wire(header_pairs_wire(&[("x-bin", b"\xff\x00\xfe")])).unwrap();
+        assert_eq!(list.get("x-bin"), Some(&b"\xff\x00\xfe"[..]));
+    }
+
+    #[test]
+    fn an_empty_list_holds_nothing() {
+        let list = HeaderList::from_wire(header_pairs_wire(&[])).unwrap();
+        assert_eq!(list.get(":path"), None);
+    }
+
+    #[test]
+    fn a_buffer_that_does_not_hold_what_it_says_is_refused() {
+        let wire = header_pairs_wire(&[(":path", b"/a"), ("x-key", b"value")]);
+        for cut in 0..wire.len() {
+            assert!(HeaderList::from_wire(wire[..cut].to_vec()).is_none(), "cut at {cut}");
+        }
+        let mut no_nul = wire.clone();
+        let last = no_nul.len() - 1;
+        no_nul[last] = b'x';
+        assert!(HeaderList::from_wire(no_nul).is_none());
+        let mut huge_count = wire;
+        huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderList::from_wire(huge_count).is_none());
+        assert!(HeaderList::from_wire(Vec::new()).is_none());
+    }
+}
