@@ -60,6 +60,8 @@ fn counts_every_request_by_route_upstream_method_code_and_consumer() {
     assert_eq!(setup.users.hits(), 4);
     assert_eq!(setup.orders.hits(), 2);
 
+    // Counted in the VM and added to Envoy's counters each second: wait for every request.
+    assert_eq!(envoy.eventually_sample(REQUESTS, &[], 10.0), 10.0);
     let mut series: Vec<(String, String, String, String, String, f64)> = envoy
         .series(REQUESTS)
         .into_iter()
@@ -102,6 +104,7 @@ fn counts_every_request_by_route_upstream_method_code_and_consumer() {
 fn family_names_have_no_envoy_prefix_and_labels_are_real() {
     let setup = gateway(json!({}), 1, &[]);
     send(&setup.envoy, "GET", "/users", &[]);
+    setup.envoy.eventually_sample(REQUESTS, &[], 1.0);
     let text = setup.envoy.prometheus_text();
     assert!(text.contains("# TYPE gateway_requests_total counter"), "{text}");
     assert!(text.contains("# TYPE gateway_request_duration_milliseconds histogram"));
@@ -146,6 +149,8 @@ fn values_over_the_cap_become_other_across_two_workers() {
     let per_worker = envoy.connections_per_worker(2);
     assert!(per_worker.iter().all(|&n| n > 0.0), "connections per worker: {per_worker:?}");
 
+    // Counted in the VM and added to Envoy's counters each second, by each worker.
+    envoy.eventually_sample(REQUESTS, &[], (CONSUMERS * ROUNDS) as f64);
     let series = envoy.series(REQUESTS);
     let named: BTreeSet<String> =
         series.iter().map(|s| s.labels["consumer"].clone()).filter(|c| c != "other").collect();
@@ -174,6 +179,7 @@ fn extra_labels_come_from_headers_with_allowed_values() {
     send(envoy, "GET", "/users", &[("x-plan", "pro"), ("x-tenant", "acme")]);
     send(envoy, "GET", "/users", &[("x-plan", "gold"), ("x-tenant", "acme")]);
     send(envoy, "GET", "/users", &[]);
+    assert_eq!(envoy.eventually_sample(REQUESTS, &[], 3.0), 3.0);
     assert_eq!(envoy.sample(REQUESTS, &[("plan", "pro"), ("tenant", "acme")]), 1.0);
     assert_eq!(envoy.sample(REQUESTS, &[("plan", "other"), ("tenant", "acme")]), 1.0);
     assert_eq!(envoy.sample(REQUESTS, &[("plan", "none"), ("tenant", "unknown")]), 1.0);
@@ -198,6 +204,7 @@ fn hostile_header_values_cannot_forge_labels() {
         assert_ne!(status, 0, "Envoy must answer");
         raw_codes.insert(status.to_string());
     }
+    assert_eq!(envoy.eventually_sample(REQUESTS, &[], 5.0), 5.0);
     let consumers: BTreeSet<String> = envoy.series(REQUESTS).iter().map(|s| s.labels["consumer"].clone()).collect();
     let expected: BTreeSet<String> =
         ["evil_code_500", "a_b", &"z".repeat(64), "__n__code", "b__c"].into_iter().map(String::from).collect();
@@ -208,7 +215,6 @@ fn hostile_header_values_cannot_forge_labels() {
         let code = &series.labels["code"];
         assert!(code == "200" || raw_codes.contains(code), "{series:?}");
     }
-    assert_eq!(envoy.sample(REQUESTS, &[]), 5.0);
 }
 
 #[test]
@@ -262,9 +268,12 @@ fn large_and_chunked_bodies_are_counted_exactly() {
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
-    assert_eq!(envoy.sample("gateway_request_bytes_total", &[("route", "users")]), big.len() as f64);
-    assert_eq!(envoy.sample("gateway_request_bytes_total", &[("route", "orders")]), 35.0);
-    assert_eq!(envoy.sample("gateway_response_bytes_total", &[("route", "users")]), response.body.len() as f64);
+    let bytes = |family: &str, route: &str, expected: usize| {
+        envoy.eventually_sample(family, &[("route", route)], expected as f64) as usize
+    };
+    assert_eq!(bytes("gateway_request_bytes_total", "users", big.len()), big.len());
+    assert_eq!(bytes("gateway_request_bytes_total", "orders", 35), 35);
+    assert_eq!(bytes("gateway_response_bytes_total", "users", response.body.len()), response.body.len());
 }
 
 /// A client that gives up before the response is still one request, with code 0 (as in
@@ -292,10 +301,9 @@ fn disconnected_clients_and_dead_upstreams_are_counted() {
     drop(stream);
     assert_eq!(send(&envoy, "GET", "/gone", &[]), 503);
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while envoy.sample(REQUESTS, &[("route", "users")]) < 1.0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert_eq!(envoy.sample(REQUESTS, &[("route", "users"), ("upstream", "users_svc"), ("code", "0")]), 1.0);
-    assert_eq!(envoy.sample(REQUESTS, &[("route", "gone"), ("upstream", "gone_svc"), ("code", "503")]), 1.0);
+    // The abandoned request is counted when Envoy ends its stream.
+    let users = [("route", "users"), ("upstream", "users_svc"), ("code", "0")];
+    assert_eq!(envoy.eventually_sample(REQUESTS, &users, 1.0), 1.0);
+    let gone = [("route", "gone"), ("upstream", "gone_svc"), ("code", "503")];
+    assert_eq!(envoy.eventually_sample(REQUESTS, &gone, 1.0), 1.0);
 }

@@ -80,7 +80,8 @@ fn a_fresh_answer_comes_from_the_cache_and_a_stale_one_is_revalidated() {
     let hit = setup.gateway.access_log_line(second.header("x-request-id").unwrap());
     assert_eq!(hit["details"], "cache.response_from_cache_filter", "{hit}");
     assert!(hit["response_flags"].as_str().unwrap().contains("RFCF"), "{hit}");
-    assert_eq!(setup.gateway.envoy.sample("gateway_requests_total", &[("route", "inventory"), ("code", "200")]), 2.0);
+    let labels = [("route", "inventory"), ("code", "200")];
+    assert_eq!(setup.gateway.envoy.eventually_sample("gateway_requests_total", &labels, 2.0), 2.0);
 
     // Past max-age the cache asks the service whether its copy is still good (If-None-Match),
     // gets 304 Not Modified, and serves its copy again.

@@ -123,11 +123,13 @@ fn demo_config_serves_the_demo_backends() {
     assert_eq!(client::get(&url("/nothing")).status, 404);
     assert_eq!(client::request("GET", &url("/users/1"), &[("authorization", "Bearer forged.token.here")]).status, 401);
 
-    let count = |labels: &[(&str, &str)]| envoy.sample("gateway_requests_total", labels);
-    assert_eq!(count(&[("route", "users"), ("upstream", "users"), ("code", "200"), ("consumer", "ada")]), 1.0);
-    assert_eq!(count(&[("route", "orders"), ("consumer", "anonymous")]), 1.0);
-    assert_eq!(count(&[("route", "inventory")]), 1.0);
-    assert_eq!(count(&[("route", "none"), ("code", "404")]), 1.0);
+    // Counted in the VM and added to Envoy's counters each second: wait for the count.
+    let count =
+        |labels: &[(&str, &str)], expected: f64| envoy.eventually_sample("gateway_requests_total", labels, expected);
+    assert_eq!(count(&[("route", "users"), ("upstream", "users"), ("code", "200"), ("consumer", "ada")], 1.0), 1.0);
+    assert_eq!(count(&[("route", "orders"), ("consumer", "anonymous")], 1.0), 1.0);
+    assert_eq!(count(&[("route", "inventory")], 1.0), 1.0);
+    assert_eq!(count(&[("route", "none"), ("code", "404")], 1.0), 1.0);
 
     // Every answer states the limits that applied to it; the consumer is the token's subject.
     let state = user.header("ratelimit").unwrap();
@@ -148,13 +150,13 @@ fn demo_config_serves_the_demo_backends() {
     assert_eq!(rejected.header("retry-after"), Some("20"));
     let rejected = [("rule", "orders-writes"), ("decision", "rejected")];
     assert_eq!(envoy.eventually_sample("gateway_ratelimit_requests_total", &rejected, 1.0), 1.0);
-    assert_eq!(count(&[("route", "orders"), ("code", "429")]), 1.0);
+    assert_eq!(count(&[("route", "orders"), ("code", "429")], 1.0), 1.0);
 
     // The composed endpoint needs a token or an API key.
     assert_eq!(client::get(&url("/api/users/1/dashboard")).status, 401);
     let with_key = client::request("GET", &url("/api/users/1/dashboard"), &[("x-api-key", "demo-key-ci-bot")]);
     assert_eq!(with_key.status, 200);
-    assert_eq!(count(&[("route", "composed"), ("consumer", "ci-bot")]), 1.0);
+    assert_eq!(count(&[("route", "composed"), ("consumer", "ci-bot")], 1.0), 1.0);
     // The composed endpoint: three services, one answer.
     let dashboard = client::request("GET", &url("/api/users/1/dashboard"), &[("authorization", &reader)]);
     assert_eq!(dashboard.status, 200, "{}", dashboard.text());
@@ -165,7 +167,7 @@ fn demo_config_serves_the_demo_backends() {
     assert_eq!(body["orders"].as_array().map(Vec::len), Some(2));
     assert_eq!(body["first_item"]["stock"], 14);
     assert_eq!(client::request("GET", &url("/api/nothing"), &[("authorization", &reader)]).status, 404);
-    assert_eq!(count(&[("route", "composed"), ("code", "200")]), 2.0);
+    assert_eq!(count(&[("route", "composed"), ("code", "200")], 2.0), 2.0);
 }
 
 /// Every spelling of a path is the same path for routes, auth rules and rate limits, and the
@@ -191,8 +193,10 @@ fn demo_config_gives_each_path_one_meaning_and_refuses_underscored_headers() {
         assert_eq!(answer.status, 401, "POST {path}: {}", answer.text());
         assert_eq!(answer.json()["error"], "unauthorized", "POST {path}");
     }
-    let count = |labels: &[(&str, &str)]| envoy.sample("gateway_requests_total", labels);
-    assert_eq!(count(&[("route", "orders"), ("method", "POST"), ("code", "401")]), 6.0, "all on the orders route");
+    // Counted in the VM and added to Envoy's counters each second: wait for the count.
+    let count =
+        |labels: &[(&str, &str)], expected: f64| envoy.eventually_sample("gateway_requests_total", labels, expected);
+    assert_eq!(count(&[("route", "orders"), ("method", "POST"), ("code", "401")], 6.0), 6.0, "all on the orders route");
     // The per-client limit (burst 20) is one bucket for every spelling of a path.
     let spellings = ["/inventory/kbd-01", "/./inventory/kbd-01", "//inventory//kbd-01", "/%69nventory/kbd-01"];
     let started = std::time::Instant::now();

@@ -64,9 +64,12 @@ fn json_requests_are_transcoded_to_the_grpc_service_and_back() {
     assert_eq!(get("/catalog/nothing").status, 404, "no method there");
 
     // Metrics and the access log see the JSON route and the consumer.
-    let count = |labels: &[(&str, &str)]| gateway.envoy.sample("gateway_requests_total", labels);
-    assert_eq!(count(&[("route", "catalog"), ("upstream", "catalog"), ("code", "200"), ("consumer", "ada")]), 1.0);
-    assert_eq!(count(&[("route", "catalog"), ("code", "404"), ("consumer", "anonymous")]), 2.0);
+    // Counted in the VM and added to Envoy's counters each second: wait for the count.
+    let count = |labels: &[(&str, &str)], expected: f64| {
+        gateway.envoy.eventually_sample("gateway_requests_total", labels, expected)
+    };
+    assert_eq!(count(&[("route", "catalog"), ("upstream", "catalog"), ("code", "200"), ("consumer", "ada")], 1.0), 1.0);
+    assert_eq!(count(&[("route", "catalog"), ("code", "404"), ("consumer", "anonymous")], 2.0), 2.0);
     let line = gateway.access_log_line(created.header("x-request-id").unwrap());
     assert_eq!(
         (&line["route"], &line["upstream_cluster"], &line["consumer"], &line["status"]),
@@ -97,9 +100,12 @@ fn grpc_clients_call_the_same_service_through_envoy() {
     // (Envoy sends a local reply to a gRPC request as HTTP 200 with grpc-status 16).
     assert_eq!(call("kbd-01", None).unwrap_err().code(), tonic::Code::Unauthenticated);
 
-    let count = |labels: &[(&str, &str)]| gateway.envoy.sample("gateway_requests_total", labels);
-    assert_eq!(count(&[("route", "catalog-grpc"), ("upstream", "catalog"), ("consumer", "ada")]), 2.0);
-    assert_eq!(count(&[("route", "catalog-grpc"), ("code", "200"), ("consumer", "anonymous")]), 1.0);
+    // Counted in the VM and added to Envoy's counters each second: wait for the count.
+    let count = |labels: &[(&str, &str)], expected: f64| {
+        gateway.envoy.eventually_sample("gateway_requests_total", labels, expected)
+    };
+    assert_eq!(count(&[("route", "catalog-grpc"), ("upstream", "catalog"), ("consumer", "ada")], 2.0), 2.0);
+    assert_eq!(count(&[("route", "catalog-grpc"), ("code", "200"), ("consumer", "anonymous")], 1.0), 1.0);
     let lines = gateway.access_log();
     let started = Instant::now();
     let grpc_lines = loop {

@@ -1,6 +1,12 @@
 //! The metrics filter as a stage: the start time at the request headers, body sizes from the
 //! body callbacks (facts Envoy hands over anyway, so no host read), and the labels at the end
 //! of the stream, when every outcome is known.
+//!
+//! The duration goes to Envoy's histogram with each request. The counters are counted in the
+//! VM and added to Envoy's on the next tick
+//! ([`gateway_common::host::COUNTER_FLUSH_PERIOD`], a second): an increment
+//! is a host call, and most requests would make two. Envoy's own stats sinks flush every 5 s by
+//! default, so a scrape sees the counts a second later at most.
 
 use crate::config::{LabelSource, MetricsConfig};
 use crate::recorder::{Recorder, SeriesKey, OTHER};
@@ -23,6 +29,8 @@ pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, St
     let worker = Worker {
         recorder,
         series: HashMap::new(),
+        entries: Vec::new(),
+        unflushed: Vec::new(),
         overflow_ids: HashMap::new(),
         key: Vec::new(),
         overflowed: Vec::new(),
@@ -34,9 +42,13 @@ pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, St
 /// Everything one VM (one Envoy worker) keeps between requests.
 struct Worker {
     recorder: Recorder,
-    /// Envoy metric ids per series key: defining a metric is a host call with a string, so
-    /// each distinct combination is named and defined once per worker.
-    series: HashMap<SeriesKey, SeriesIds>,
+    /// The entry of each series key: defining a metric is a host call with a string, so each
+    /// distinct combination is named and defined once per worker.
+    series: HashMap<SeriesKey, usize>,
+    /// Envoy's ids and the counts not yet added to Envoy's counters, per series.
+    entries: Vec<Series>,
+    /// The entries with counts to add at the next flush.
+    unflushed: Vec<usize>,
     /// Overflow counter id per label index, defined on first overflow.
     overflow_ids: HashMap<usize, Option<u32>>,
     /// Buffers reused by every request.
@@ -44,7 +56,14 @@ struct Worker {
     overflowed: Vec<usize>,
     /// The series the previous request counted in: consecutive requests mostly share it, and
     /// then the lookup by key (a hash of the whole key) is skipped.
-    last_series: Option<(SeriesKey, SeriesIds)>,
+    last_series: Option<(SeriesKey, usize)>,
+}
+
+/// One series of this worker.
+struct Series {
+    ids: SeriesIds,
+    /// Counted since the last flush: requests, request bytes, response bytes.
+    unflushed: [u64; 3],
 }
 
 /// Envoy's ids for one series key; `None` where the host refused the metric.
@@ -70,7 +89,10 @@ impl Stage for MetricsStage {
         })
     }
 
-    fn on_tick(&self, _host: &dyn Host) -> Vec<u32> {
+    fn on_tick(&self, host: &dyn Host) -> Vec<u32> {
+        if let Ok(mut worker) = self.worker.try_borrow_mut() {
+            worker.flush(host);
+        }
         Vec::new()
     }
 }
@@ -139,17 +161,31 @@ impl Worker {
                 .or_insert_with(|| define(host, MetricKind::Counter, &recorder.overflow_name(label)));
             increment(host, id, 1);
         }
-        if let Some((key, ids)) = &self.last_series {
-            if *key == self.key {
-                ids.record(host, sample);
-                return;
+        let index = match &self.last_series {
+            Some((key, index)) if *key == self.key => *index,
+            _ => self.series_index(host),
+        };
+        let Some(series) = self.entries.get_mut(index) else { return };
+        if let (Some(id), Some(duration_ms)) = (series.ids.duration, sample.duration_ms) {
+            if let Err(status) = host.record_metric(id, duration_ms) {
+                log::debug!("metrics: cannot record duration: {status}");
             }
         }
-        let ids = match self.series.get(&self.key) {
-            Some(ids) => *ids,
+        if series.unflushed == [0; 3] {
+            self.unflushed.push(index);
+        }
+        let counts = [1, sample.request_bytes, sample.response_bytes];
+        for (unflushed, count) in series.unflushed.iter_mut().zip(counts) {
+            *unflushed = unflushed.saturating_add(count);
+        }
+    }
+
+    /// The entry of `self.key`, made (its series named and defined) on the first request of
+    /// that label combination on this worker; remembered as the last series.
+    fn series_index(&mut self, host: &dyn Host) -> usize {
+        let index = match self.series.get(&self.key) {
+            Some(index) => *index,
             None => {
-                // First request of this label combination on this worker: name and define its
-                // series.
                 let names = self.recorder.series_names(&self.key);
                 let ids = SeriesIds {
                     requests: define(host, MetricKind::Counter, &names.requests),
@@ -157,17 +193,30 @@ impl Worker {
                     request_bytes: define(host, MetricKind::Counter, &names.request_bytes),
                     response_bytes: define(host, MetricKind::Counter, &names.response_bytes),
                 };
-                self.series.insert(self.key.clone(), ids);
-                ids
+                self.entries.push(Series { ids, unflushed: [0; 3] });
+                let index = self.entries.len() - 1;
+                self.series.insert(self.key.clone(), index);
+                index
             }
         };
-        ids.record(host, sample);
         match &mut self.last_series {
             Some((key, last)) => {
                 key.clone_from(&self.key);
-                *last = ids;
+                *last = index;
             }
-            None => self.last_series = Some((self.key.clone(), ids)),
+            None => self.last_series = Some((self.key.clone(), index)),
+        }
+        index
+    }
+
+    /// Adds what was counted since the last flush to Envoy's counters.
+    fn flush(&mut self, host: &dyn Host) {
+        for index in self.unflushed.drain(..) {
+            let Some(series) = self.entries.get_mut(index) else { continue };
+            let ids = [series.ids.requests, series.ids.request_bytes, series.ids.response_bytes];
+            for (id, count) in ids.into_iter().zip(std::mem::take(&mut series.unflushed)) {
+                increment(host, id, count);
+            }
         }
     }
 }
@@ -177,19 +226,6 @@ struct Sample {
     duration_ms: Option<u64>,
     request_bytes: u64,
     response_bytes: u64,
-}
-
-impl SeriesIds {
-    fn record(&self, host: &dyn Host, sample: &Sample) {
-        increment(host, self.requests, 1);
-        increment(host, self.request_bytes, sample.request_bytes);
-        increment(host, self.response_bytes, sample.response_bytes);
-        if let (Some(id), Some(duration_ms)) = (self.duration, sample.duration_ms) {
-            if let Err(status) = host.record_metric(id, duration_ms) {
-                log::debug!("metrics: cannot record duration: {status}");
-            }
-        }
-    }
 }
 
 /// The raw value of one label, read through the request view (each fact at most once).
@@ -220,5 +256,49 @@ fn increment(host: &dyn Host, id: Option<u32>, value: u64) {
     let (Some(id), 1..) = (id, value) else { return };
     if let Err(status) = host.increment_metric(id, value) {
         log::debug!("metrics: cannot increment metric {id}: {status}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_common::request::RequestMemo;
+    use gateway_common::testing::FakeHost;
+
+    /// One finished request of 10 request bytes and 20 response bytes on `host`'s worker.
+    fn finish_request(stage: &dyn Stage, host: &FakeHost) {
+        let mut stream = stage.new_stream();
+        let mut memo = RequestMemo::default();
+        stream.on_request_headers(&mut Request::new(host, &mut memo), 1);
+        stream.on_request_body(10, true);
+        stream.on_response_body(20, true);
+        memo.new_callback();
+        stream.on_log(&mut Request::new(host, &mut memo));
+    }
+
+    #[test]
+    fn counters_are_added_to_envoys_once_per_series_and_tick() {
+        let host = FakeHost::default()
+            .with_clock_millis(1_000)
+            .with_request_header(":method", "GET")
+            .with_property(&ROUTE_NAME, "users")
+            .with_property(&CLUSTER_NAME, "users_svc");
+        host.put_header(gateway_common::host::HeaderMap::Response, ":status", "200");
+        let stage = build(b"{}", &host).unwrap();
+        for _ in 0..3 {
+            finish_request(stage.as_ref(), &host);
+        }
+        let requests = "gateway_requests_total.route.users.upstream.users_svc.method.GET.code.200.consumer.anonymous";
+        assert_eq!(host.counter(requests), 0, "counted in the VM until the tick");
+        assert_eq!(host.calls_named("record_metric"), 3, "the duration goes to Envoy with each request");
+        stage.on_tick(&host);
+        stage.on_tick(&host);
+        assert_eq!(host.counter(requests), 3);
+        assert_eq!(host.counter("gateway_request_bytes_total.route.users.upstream.users_svc"), 30);
+        assert_eq!(host.counter("gateway_response_bytes_total.route.users.upstream.users_svc"), 60);
+        assert_eq!(host.calls_named("increment_metric"), 3, "one per counter; an empty tick adds nothing");
+        finish_request(stage.as_ref(), &host);
+        stage.on_tick(&host);
+        assert_eq!(host.counter(requests), 4);
     }
 }
