@@ -102,10 +102,14 @@ impl Name {
         }
     }
 
+    /// Header names compare without regard to ASCII case, as Envoy's do: a header a stage set
+    /// as `X-Consumer` is the one another reads as `x-consumer`.
     fn is(&self, name: &str) -> bool {
         match self {
-            Name::Short { length, bytes } => bytes.get(..usize::from(*length)) == Some(name.as_bytes()),
-            Name::Long(known) => **known == *name,
+            Name::Short { length, bytes } => {
+                bytes.get(..usize::from(*length)).is_some_and(|known| known.eq_ignore_ascii_case(name.as_bytes()))
+            }
+            Name::Long(known) => known.eq_ignore_ascii_case(name),
         }
     }
 }
@@ -303,6 +307,17 @@ mod tests {
         assert_eq!(request.method(), Some("GET"));
         assert_eq!((host.calls_named("headers"), host.calls_named("header")), (1, 0));
         assert!(memo.read_several_headers());
+    }
+
+    #[test]
+    fn a_header_a_stage_set_is_seen_in_any_spelling() {
+        let host = FakeHost::default().with_request_header("x-consumer", "spoofed");
+        for fetch_all in [false, true] {
+            let mut memo = RequestMemo::new(fetch_all);
+            let mut request = Request::new(&host, &mut memo);
+            request.set_header("X-Consumer", Some("ada")).unwrap();
+            assert_eq!(request.header("x-consumer"), Some(&b"ada"[..]), "fetch_all {fetch_all}");
+        }
     }
 
     #[test]
