@@ -3,10 +3,9 @@
 //! of the stream, when every outcome is known.
 //!
 //! The duration goes to Envoy's histogram with each request. The counters are counted in the
-//! VM and added to Envoy's on the next tick
-//! ([`gateway_common::host::COUNTER_FLUSH_PERIOD`], a second): an increment
-//! is a host call, and most requests would make two. Envoy's own stats sinks flush every 5 s by
-//! default, so a scrape sees the counts a second later at most.
+//! VM and added to Envoy's on the next tick ([`gateway_common::host::COUNTER_FLUSH_PERIOD`], a
+//! second): an increment is a host call, and most requests would make two. Envoy's own stats
+//! sinks flush every 5 s by default, so a scrape sees the counts a second later at most.
 
 use crate::config::{LabelSource, MetricsConfig};
 use crate::recorder::{Recorder, SeriesKey, OTHER};
