@@ -65,7 +65,8 @@ pub struct RequestMemo {
     fetch_all: bool,
     /// Every request header, once fetched.
     request_headers: Option<HeaderList>,
-    /// Request headers looked up in the host's copy, one by one or in `request_headers`.
+    /// Lookups of request headers no stage set, answered by the host one by one or from
+    /// `request_headers` (where a name looked up twice in the list counts twice).
     request_header_reads: u8,
 }
 
@@ -133,7 +134,7 @@ impl RequestMemo {
         RequestMemo { fetch_all, ..RequestMemo::default() }
     }
 
-    /// Whether this stream needed more than one request header from the host.
+    /// Whether this stream looked up more than one request header in the host's copy.
     pub fn read_several_headers(&self) -> bool {
         self.request_header_reads > 1
     }
@@ -172,23 +173,30 @@ impl RequestMemo {
         self.remembered(|seen| seen.is_header(HeaderMap::Response, name), fact, read)
     }
 
-    /// A request header: as a stage set it, else from the fetched list, else read alone.
+    /// A request header: as a stage set it (or as read alone before), else from the fetched
+    /// list, else read alone now.
     fn request_header(&mut self, host: &dyn Host, name: &str) -> Option<&[u8]> {
-        let known = self.facts.iter().position(|(seen, _)| seen.is_header(HeaderMap::Request, name));
-        if let Some(index) = known {
-            return self.facts.get(index).and_then(|(_, value)| value.as_deref());
+        if !self.facts.iter().any(|(seen, _)| seen.is_header(HeaderMap::Request, name)) {
+            self.request_header_reads = self.request_header_reads.saturating_add(1);
+            if self.fetch_all && self.request_headers.is_none() {
+                // Fetched once per stream; where the host refuses, headers are read one by one.
+                self.fetch_all = false;
+                self.request_headers = host.headers(HeaderMap::Request);
+            }
+            if self.request_headers.is_none() {
+                self.push(Fact::RequestHeader(Name::new(name)), host.header(HeaderMap::Request, name));
+            }
         }
-        self.request_header_reads = self.request_header_reads.saturating_add(1);
-        if self.fetch_all && self.request_headers.is_none() {
-            // Fetched once per stream; where the host refuses, headers are read one by one.
-            self.fetch_all = false;
-            self.request_headers = host.headers(HeaderMap::Request);
+        self.known_request_header(name)
+    }
+
+    /// A request header as the view already knows it: as a stage set it (or as read alone),
+    /// else from the fetched list.
+    fn known_request_header(&self, name: &str) -> Option<&[u8]> {
+        match self.facts.iter().find(|(seen, _)| seen.is_header(HeaderMap::Request, name)) {
+            Some((_, value)) => value.as_deref(),
+            None => self.request_headers.as_ref().and_then(|headers| headers.get(name)),
         }
-        if self.request_headers.is_none() {
-            let index = self.push(Fact::RequestHeader(Name::new(name)), host.header(HeaderMap::Request, name));
-            return self.facts.get(index).and_then(|(_, value)| value.as_deref());
-        }
-        self.request_headers.as_ref().and_then(|headers| headers.get(name))
     }
 }
 
@@ -222,10 +230,7 @@ impl<'a> Request<'a> {
             self.memo.request_header(self.host, name);
         }
         let memo = &*self.memo;
-        names.map(|name| match memo.facts.iter().find(|(known, _)| known.is_header(HeaderMap::Request, name)) {
-            Some((_, value)) => value.as_deref(),
-            None => memo.request_headers.as_ref().and_then(|headers| headers.get(name)),
-        })
+        names.map(|name| memo.known_request_header(name))
     }
 
     /// Sets (or with `None` removes) a request header, and remembers the new value so that

@@ -158,7 +158,11 @@ impl FakeHost {
 
     fn value(&self, map: HeaderMap, name: &str) -> Option<Vec<u8>> {
         let headers = self.headers.borrow();
-        headers.get(map_name(map))?.iter().find(|(known, _)| known == name).map(|(_, value)| value.clone())
+        headers
+            .get(map_name(map))?
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.clone())
     }
 
     fn note(&self, call: &'static str) {
@@ -190,7 +194,7 @@ impl Host for FakeHost {
         self.note("set_header");
         let mut headers = self.headers.borrow_mut();
         let list = headers.entry(map_name(map)).or_default();
-        list.retain(|(known, _)| known != name);
+        list.retain(|(known, _)| !known.eq_ignore_ascii_case(name));
         if let Some(value) = value {
             list.push((name.to_string(), value.as_bytes().to_vec()));
         }
