@@ -5,10 +5,19 @@
 //! a buffer per header (in Envoy each read that returns data also calls back into the VM to
 //! allocate it, which is most of what a read costs).
 
-/// A validated buffer of header pairs.
+/// A validated buffer of header pairs, with where each name and value lies in it.
 pub struct HeaderList {
     bytes: Vec<u8>,
-    count: usize,
+    /// Found once when the buffer is validated, so a lookup compares names and re-reads no
+    /// lengths (a request's stages look up several headers in a list of ten or more).
+    entries: Vec<Entry>,
+}
+
+/// Where one header's name and value lie in the buffer.
+struct Entry {
+    name_start: usize,
+    name_end: usize,
+    value_end: usize,
 }
 
 const WORD: usize = 4;
@@ -22,54 +31,39 @@ impl HeaderList {
     /// `None` when the buffer does not hold what its lengths say (the list is then not used).
     pub fn from_wire(bytes: Vec<u8>) -> Option<HeaderList> {
         let count = word(&bytes, 0)?;
-        let list = HeaderList { bytes, count };
-        let mut entries = list.entries();
-        let complete = (0..count).all(|_| entries.next().is_some());
-        complete.then_some(list)
+        let sizes_end = count.checked_mul(2 * WORD)?.checked_add(WORD)?;
+        if sizes_end > bytes.len() {
+            return None;
+        }
+        let mut entries = Vec::with_capacity(count);
+        let mut data = sizes_end;
+        for index in 0..count {
+            let sizes = WORD + index * 2 * WORD;
+            let (name_length, value_length) = (word(&bytes, sizes)?, word(&bytes, sizes + WORD)?);
+            let name_end = data.checked_add(name_length)?;
+            let value_end = name_end.checked_add(1)?.checked_add(value_length)?;
+            // Each name and value is followed by a NUL.
+            if bytes.get(name_end) != Some(&0) || bytes.get(value_end) != Some(&0) {
+                return None;
+            }
+            entries.push(Entry { name_start: data, name_end, value_end });
+            data = value_end + 1;
+        }
+        Some(HeaderList { bytes, entries })
     }
 
     /// The first value of `name` (as the host's single read returns it); names compare
     /// without regard to ASCII case, as Envoy's lookups do.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.entries().find(|(known, _)| known.eq_ignore_ascii_case(name.as_bytes())).map(|(_, value)| value)
-    }
-
-    fn entries(&self) -> Entries<'_> {
-        let data = self.count.checked_mul(2 * WORD).and_then(|sizes| sizes.checked_add(WORD));
-        Entries { bytes: &self.bytes, index: 0, count: self.count, data: data.unwrap_or(usize::MAX) }
-    }
-}
-
-/// The pairs in order; stops at the first that does not fit in the buffer.
-struct Entries<'a> {
-    bytes: &'a [u8],
-    index: usize,
-    count: usize,
-    /// Where the next name starts.
-    data: usize,
-}
-
-impl<'a> Iterator for Entries<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.index >= self.count {
-            return None;
-        }
-        let sizes = WORD + self.index * 2 * WORD;
-        let (name_length, value_length) = (word(self.bytes, sizes)?, word(self.bytes, sizes + WORD)?);
-        let name_end = self.data.checked_add(name_length)?;
-        let value_start = name_end.checked_add(1)?;
-        let value_end = value_start.checked_add(value_length)?;
-        let name = self.bytes.get(self.data..name_end)?;
-        let value = self.bytes.get(value_start..value_end)?;
-        // Each name and value is followed by a NUL.
-        if self.bytes.get(name_end) != Some(&0) || self.bytes.get(value_end) != Some(&0) {
-            return None;
-        }
-        self.data = value_end + 1;
-        self.index += 1;
-        Some((name, value))
+        let name = name.as_bytes();
+        let entry = self.entries.iter().find(|entry| {
+            entry.name_end - entry.name_start == name.len()
+                && self
+                    .bytes
+                    .get(entry.name_start..entry.name_end)
+                    .is_some_and(|known| known.eq_ignore_ascii_case(name))
+        })?;
+        self.bytes.get(entry.name_end + 1..entry.value_end)
     }
 }
 
