@@ -176,7 +176,8 @@ impl RequestMemo {
     /// A request header: as a stage set it (or as read alone before), else from the fetched
     /// list, else read alone now.
     fn request_header(&mut self, host: &dyn Host, name: &str) -> Option<&[u8]> {
-        if !self.facts.iter().any(|(seen, _)| seen.is_header(HeaderMap::Request, name)) {
+        let mut fact = self.request_header_fact(name);
+        if fact.is_none() {
             self.request_header_reads = self.request_header_reads.saturating_add(1);
             if self.fetch_all && self.request_headers.is_none() {
                 // Fetched once per stream; where the host refuses, headers are read one by one.
@@ -184,17 +185,27 @@ impl RequestMemo {
                 self.request_headers = host.headers(HeaderMap::Request);
             }
             if self.request_headers.is_none() {
-                self.push(Fact::RequestHeader(Name::new(name)), host.header(HeaderMap::Request, name));
+                fact = Some(self.push(Fact::RequestHeader(Name::new(name)), host.header(HeaderMap::Request, name)));
             }
         }
-        self.known_request_header(name)
+        self.request_header_value(fact, name)
     }
 
     /// A request header as the view already knows it: as a stage set it (or as read alone),
     /// else from the fetched list.
     fn known_request_header(&self, name: &str) -> Option<&[u8]> {
-        match self.facts.iter().find(|(seen, _)| seen.is_header(HeaderMap::Request, name)) {
-            Some((_, value)) => value.as_deref(),
+        self.request_header_value(self.request_header_fact(name), name)
+    }
+
+    /// Where `name` is among the facts (set by a stage, or read alone).
+    fn request_header_fact(&self, name: &str) -> Option<usize> {
+        self.facts.iter().position(|(seen, _)| seen.is_header(HeaderMap::Request, name))
+    }
+
+    /// The value of the fact at `fact`, or else `name` in the fetched list.
+    fn request_header_value(&self, fact: Option<usize>, name: &str) -> Option<&[u8]> {
+        match fact {
+            Some(index) => self.facts.get(index).and_then(|(_, value)| value.as_deref()),
             None => self.request_headers.as_ref().and_then(|headers| headers.get(name)),
         }
     }
