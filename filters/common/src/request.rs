@@ -5,15 +5,12 @@
 //! method, client address, route and the consumer are read at most once per request; a header a
 //! stage sets (the consumer) is seen by the later stages without being read back.
 //!
-//! Where a worker's requests need several request headers in one callback (the bundle's do:
-//! the credential, the path, the method), the first one needed fetches them all in one call
+//! Where a worker's requests need several request headers (the bundle's do: the credential,
+//! the path, the method), the first one needed fetches them all in one call
 //! ([`HeaderList`]), and the others are looked up in that copy: each read that returns data
 //! costs Envoy a call back into the VM to allocate it, so one call for all is cheaper than
 //! one per header. Request headers are then seen as they were at that first read; the
-//! headers stages set are seen as set. Needs are counted per callback, not per stream: a
-//! separate module that reads one header when the request arrives and another when the
-//! stream ends (metrics: the method, then the consumer that a later filter set) must read the
-//! second one then, not find it in a copy taken before that filter ran.
+//! headers stages set are seen as set.
 
 use crate::header_list::HeaderList;
 use crate::host::{HeaderMap, Host, HostError};
@@ -68,12 +65,9 @@ pub struct RequestMemo {
     fetch_all: bool,
     /// Every request header, once fetched.
     request_headers: Option<HeaderList>,
-    /// Lookups in the current callback of request headers no stage set, answered by the host
-    /// one by one or from `request_headers` (where a name looked up twice in the list counts
-    /// twice).
+    /// Lookups of request headers no stage set, answered by the host one by one or from
+    /// `request_headers` (where a name looked up twice in the list counts twice).
     request_header_reads: u8,
-    /// Whether one callback of this stream made more than one such lookup.
-    read_several_headers: bool,
 }
 
 /// The facts a stream usually reads (path, method, a credential, route, cluster, status).
@@ -135,22 +129,19 @@ impl Fact {
 impl RequestMemo {
     /// The view of a new stream. With `fetch_all`, the first request header it needs fetches
     /// every request header in one host call; the driver asks for it when the worker's
-    /// previous request needed more than one in one callback (see
-    /// [`RequestMemo::read_several_headers`]).
+    /// previous request needed more than one (see [`RequestMemo::read_several_headers`]).
     pub fn new(fetch_all: bool) -> RequestMemo {
         RequestMemo { fetch_all, ..RequestMemo::default() }
     }
 
-    /// Whether one callback of this stream looked up more than one request header in the
-    /// host's copy.
+    /// Whether this stream looked up more than one request header in the host's copy.
     pub fn read_several_headers(&self) -> bool {
-        self.read_several_headers
+        self.request_header_reads > 1
     }
 
     /// A new callback of the stream began: time has moved on, so the clock is read again.
     pub fn new_callback(&mut self) {
         self.clock = None;
-        self.request_header_reads = 0;
     }
 
     /// The remembered value of `fact`, read with `read` the first time.
@@ -188,7 +179,6 @@ impl RequestMemo {
         let mut fact = self.request_header_fact(name);
         if fact.is_none() {
             self.request_header_reads = self.request_header_reads.saturating_add(1);
-            self.read_several_headers |= self.request_header_reads > 1;
             if self.fetch_all && self.request_headers.is_none() {
                 // Fetched once per stream; where the host refuses, headers are read one by one.
                 self.fetch_all = false;
@@ -355,21 +345,6 @@ mod tests {
         assert_eq!(Request::new(&host, &mut memo).method(), Some("GET"));
         assert_eq!((host.calls_named("headers"), host.calls_named("header")), (0, 2));
         assert!(memo.read_several_headers());
-    }
-
-    #[test]
-    fn one_header_in_each_of_two_callbacks_is_not_several() {
-        // A separate metrics module: the method when the request arrives, the consumer (set by
-        // a later filter) when the stream ends. A copy of every header taken at the first read
-        // would answer the second with the client's value, so the next request must not take one.
-        let host = FakeHost::default().with_request_header(":method", "GET");
-        let mut memo = RequestMemo::new(false);
-        assert_eq!(Request::new(&host, &mut memo).method(), Some("GET"));
-        memo.new_callback();
-        host.put_header(HeaderMap::Request, "x-gateway-consumer", "ada");
-        assert_eq!(Request::new(&host, &mut memo).header("x-gateway-consumer"), Some(&b"ada"[..]));
-        assert!(!memo.read_several_headers());
-        assert_eq!((host.calls_named("headers"), host.calls_named("header")), (0, 2));
     }
 
     #[test]

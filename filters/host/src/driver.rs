@@ -50,8 +50,8 @@ struct Chain {
     /// context id: their answers come to the root (see `record_calls`).
     root_started_calls: RefCell<HashMap<u32, u32>>,
     tick: Cell<Duration>,
-    /// Whether the worker's last finished request needed more than one request header in one
-    /// callback: the next one then fetches them all in one host call (see [`RequestMemo::new`]).
+    /// Whether the worker's last finished request needed more than one request header: the
+    /// next one then fetches them all in one host call (see [`RequestMemo::new`]).
     several_request_headers: Cell<bool>,
     host_calls: BatchedCounter,
     callbacks: BatchedCounter,

@@ -1,6 +1,6 @@
-//! The metrics filter as a stage: the start time and the client's method at the request
-//! headers, body sizes from the body callbacks (facts Envoy hands over anyway, so no host
-//! read), and the other labels at the end of the stream, when every outcome is known.
+//! The metrics filter as a stage: the start time at the request headers, body sizes from the
+//! body callbacks (facts Envoy hands over anyway, so no host read), and the labels at the end
+//! of the stream, when every outcome is known.
 //!
 //! The duration goes to Envoy's histogram with each request. The counters are counted in the
 //! VM and added to Envoy's on the next tick ([`gateway_common::host::COUNTER_FLUSH_PERIOD`], a
@@ -35,8 +35,7 @@ pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, St
         overflowed: Vec::new(),
         last_series: None,
     };
-    let labels_method = worker.recorder.config().labels.iter().any(|label| label.source == LabelSource::Method);
-    Ok(Box::new(MetricsStage { worker: Rc::new(RefCell::new(worker)), labels_method }))
+    Ok(Box::new(MetricsStage { worker: Rc::new(RefCell::new(worker)) }))
 }
 
 /// Everything one VM (one Envoy worker) keeps between requests.
@@ -77,16 +76,12 @@ struct SeriesIds {
 
 struct MetricsStage {
     worker: Rc<RefCell<Worker>>,
-    /// Whether a label is the method, which is then taken when the request arrives.
-    labels_method: bool,
 }
 
 impl Stage for MetricsStage {
     fn new_stream(&self) -> Box<dyn StageStream> {
         Box::new(MetricsStream {
             worker: Rc::clone(&self.worker),
-            labels_method: self.labels_method,
-            client_method: None,
             started_nanos: None,
             request_bytes: 0,
             response_bytes: 0,
@@ -103,11 +98,6 @@ impl Stage for MetricsStage {
 
 struct MetricsStream {
     worker: Rc<RefCell<Worker>>,
-    labels_method: bool,
-    /// `:method` as the client sent it: a later filter may rewrite it before the stream ends
-    /// (Envoy's gRPC-JSON transcoder makes a JSON `GET` a gRPC `POST`). `None` until the
-    /// request headers arrive; then the end of the stream reads it.
-    client_method: Option<Box<[u8]>>,
     started_nanos: Option<u64>,
     request_bytes: u64,
     response_bytes: u64,
@@ -116,9 +106,6 @@ struct MetricsStream {
 impl StageStream for MetricsStream {
     fn on_request_headers(&mut self, request: &mut Request, _context_id: u32) -> Flow {
         self.started_nanos = request.now_nanos();
-        if self.labels_method {
-            self.client_method = request.header(":method").map(Box::from);
-        }
         Flow::Continue
     }
 
@@ -148,9 +135,7 @@ impl StageStream for MetricsStream {
         for index in 0..worker.recorder.config().labels.len() {
             let config = worker.recorder.config();
             let raw = match config.labels.get(index) {
-                Some(label) => {
-                    label_value(&label.source, &config.consumer_header, self.client_method.as_deref(), request)
-                }
+                Some(label) => label_value(&label.source, &config.consumer_header, request),
                 None => None,
             };
             let id = worker.recorder.resolve_label(index, raw, host.shared_data());
@@ -242,14 +227,8 @@ struct Sample {
     response_bytes: u64,
 }
 
-/// The raw value of one label, read through the request view (each fact at most once);
-/// `client_method` is the method as the request arrived, where it was taken then.
-fn label_value<'r>(
-    source: &LabelSource,
-    consumer_header: &str,
-    client_method: Option<&'r [u8]>,
-    request: &'r mut Request,
-) -> Option<&'r [u8]> {
+/// The raw value of one label, read through the request view (each fact at most once).
+fn label_value<'r>(source: &LabelSource, consumer_header: &str, request: &'r mut Request) -> Option<&'r [u8]> {
     match source {
         LabelSource::Route => request.property(&ROUTE_NAME),
         LabelSource::Upstream => request.property(&CLUSTER_NAME),
@@ -257,7 +236,7 @@ fn label_value<'r>(
         LabelSource::Code => request.response_header(":status"),
         LabelSource::Consumer => request.header(consumer_header),
         LabelSource::Header(name) => request.header(name),
-        LabelSource::Method => client_method.or_else(|| request.header(":method")),
+        LabelSource::Method => request.header(":method"),
     }
 }
 
@@ -320,26 +299,5 @@ mod tests {
         finish_request(stage.as_ref(), &host);
         stage.on_tick(&host);
         assert_eq!(host.counter(requests), 4);
-    }
-
-    #[test]
-    fn the_method_is_the_clients_even_when_a_later_filter_rewrites_it() {
-        let host = FakeHost::default().with_clock_millis(1_000).with_request_header(":method", "GET");
-        host.put_header(gateway_common::host::HeaderMap::Response, ":status", "200");
-        let stage = build(b"{}", &host).unwrap();
-        let mut stream = stage.new_stream();
-        let mut memo = RequestMemo::default();
-        stream.on_request_headers(&mut Request::new(&host, &mut memo), 1);
-        // Envoy's gRPC-JSON transcoder, after metrics in the chain, turns the call into a POST.
-        host.clear_headers();
-        host.put_header(gateway_common::host::HeaderMap::Request, ":method", "POST");
-        host.put_header(gateway_common::host::HeaderMap::Request, "x-gateway-consumer", "ada");
-        host.put_header(gateway_common::host::HeaderMap::Response, ":status", "200");
-        memo.new_callback();
-        stream.on_log(&mut Request::new(&host, &mut memo));
-        stage.on_tick(&host);
-        let client = "gateway_requests_total.route.none.upstream.none.method.GET.code.200.consumer.ada";
-        assert_eq!(host.counter(client), 1, "the consumer as set at the end, the method as sent");
-        assert!(!memo.read_several_headers(), "one header per callback: no copy of them all next time");
     }
 }
