@@ -327,7 +327,12 @@ impl Context for ChainHttp {
 
     fn on_done(&mut self) -> bool {
         self.chain.callback();
-        self.chain.paused.borrow_mut().remove(&self.context_id);
+        // Most streams never paused: skip hashing their id into an empty map.
+        let mut paused = self.chain.paused.borrow_mut();
+        if !paused.is_empty() {
+            paused.remove(&self.context_id);
+        }
+        drop(paused);
         let mut root_started = self.chain.root_started_calls.borrow_mut();
         if !root_started.is_empty() {
             root_started.retain(|_, context_id| *context_id != self.context_id);
@@ -350,8 +355,9 @@ impl HttpContext for ChainHttp {
         let flow = stream.begin().request_headers_from(0, self.context_id);
         if flow == Flow::Pause {
             self.chain.paused.borrow_mut().insert(self.context_id, Rc::downgrade(&self.stream));
+            // Only a held request makes a stage want a faster tick (auth waiting for a fetch).
+            self.chain.retick();
         }
-        self.chain.retick();
         action(flow)
     }
 

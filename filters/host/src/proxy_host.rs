@@ -9,7 +9,7 @@ use gateway_common::shared::{SharedStore, StoreError, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 use std::cell::{Cell, RefCell};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 thread_local! {
     /// Host calls made since the last [`take_host_calls`] (a VM is single-threaded).
@@ -85,6 +85,19 @@ extern "C" {
         return_map_data: *mut *mut u8,
         return_map_size: *mut usize,
     ) -> Status;
+
+    // The SDK's `get_current_time` turns the host's nanoseconds into a `SystemTime`, which the
+    // filters turn back into nanoseconds: read them as they are.
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> Status;
+}
+
+/// Nanoseconds since the epoch, as the host's clock reads them.
+#[allow(unsafe_code)]
+fn current_time_nanos() -> Option<u64> {
+    let mut nanos: u64 = 0;
+    // SAFETY: the host writes one u64 through the pointer, which points at a local.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
+    (status == Status::Ok).then_some(nanos)
 }
 
 /// The host's buffer of every header of `map`, in the proxy-wasm pairs layout.
@@ -149,8 +162,7 @@ impl Host for ProxyHost {
 
     fn now_nanos(&self) -> Option<u64> {
         counted();
-        let now = hostcalls::get_current_time().ok()?;
-        u64::try_from(now.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()
+        current_time_nanos()
     }
 
     fn shared_data(&self) -> &dyn SharedStore {
