@@ -57,7 +57,9 @@ impl Limit {
 
     fn ticks_to_seconds_ceil(&self, ticks: u128) -> u64 {
         let per_second = NANOS_PER_SECOND * u128::from(self.requests);
-        u64::try_from(ticks.div_ceil(per_second)).unwrap_or(u64::MAX)
+        let whole = divide(ticks, per_second);
+        let whole = if whole * per_second < ticks { whole + 1 } else { whole };
+        u64::try_from(whole).unwrap_or(u64::MAX)
     }
 
     /// True when a key whose TAT is `tat` has its whole burst available again at `now_nanos`.
@@ -97,7 +99,18 @@ impl Limit {
     /// How many more requests fit in `burst * T` after `backlog` ticks are taken.
     fn remaining(&self, backlog: u128) -> u64 {
         let capacity = self.interval() * u128::from(self.burst);
-        u64::try_from(capacity.saturating_sub(backlog) / self.interval()).unwrap_or(0)
+        u64::try_from(divide(capacity.saturating_sub(backlog), self.interval())).unwrap_or(0)
+    }
+}
+
+/// `dividend / divisor` (`divisor` > 0). Wasm has no 128-bit division: the general one is a
+/// long software routine, run on every request. The operands of a request's divisions (a
+/// backlog and a second or an interval in ticks) fit 64 bits for any usual limit, and then one
+/// 64-bit division gives the same quotient.
+fn divide(dividend: u128, divisor: u128) -> u128 {
+    match (u64::try_from(dividend), u64::try_from(divisor)) {
+        (Ok(dividend), Ok(divisor)) if divisor > 0 => u128::from(dividend / divisor),
+        _ => dividend / divisor,
     }
 }
 
@@ -121,6 +134,26 @@ mod tests {
                 outcome.allowed
             })
             .count() as u64
+    }
+
+    #[test]
+    fn the_64_bit_division_gives_the_128_bit_quotient() {
+        let edges = [
+            0,
+            1,
+            7,
+            NANOS_PER_SECOND,
+            u128::from(u64::MAX) - 1,
+            u128::from(u64::MAX),
+            u128::from(u64::MAX) + 1,
+            u128::MAX / 3,
+            u128::MAX,
+        ];
+        for dividend in edges {
+            for divisor in edges.into_iter().filter(|divisor| *divisor > 0) {
+                assert_eq!(divide(dividend, divisor), dividend / divisor, "{dividend} / {divisor}");
+            }
+        }
     }
 
     #[test]
