@@ -3,11 +3,10 @@
 //! request is seen through [`RequestFacts`].
 
 use crate::config::{ApiKeySource, AuthConfig, Provider, Requirement, TokenSource};
-use crate::jwt::{self, claim, Rejection};
+use crate::jwt::{self, Rejection};
 use crate::keyring::KeyRing;
 use gateway_common::request_match::RequestMatch;
 use rsa::sha2::{Digest, Sha256};
-use serde_json::Value;
 use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
 use subtle::ConstantTimeEq;
@@ -302,15 +301,8 @@ fn check_provider(index: usize, context: &mut Context) -> Check {
 }
 
 fn identity(provider: &Provider, verified: Rc<jwt::Verified>, source: Credential) -> Check {
-    let mut identity = Identity {
-        consumer: claim(&verified.claims, &provider.consumer_claim).and_then(claim_text),
-        ..Identity::default()
-    };
-    for (header, name) in &provider.claim_to_headers {
-        if let Some(value) = claim(&verified.claims, name).and_then(claim_text) {
-            identity.headers.push((header.clone(), value));
-        }
-    }
+    let mut identity = Identity { consumer: verified.consumer.clone(), ..Identity::default() };
+    identity.headers.extend(verified.claim_headers.iter().cloned());
     if let Some(header) = &provider.forward_payload_header {
         identity.headers.push((header.clone(), verified.payload.clone()));
     }
@@ -319,28 +311,6 @@ fn identity(provider: &Provider, verified: Rc<jwt::Verified>, source: Credential
     }
     identity.tokens.push(verified);
     Check::Ok(identity)
-}
-
-/// A claim as header text: strings as they are, numbers and booleans printed, arrays of those
-/// joined with commas. Objects and control characters are not put in headers.
-fn claim_text(value: &Value) -> Option<String> {
-    let text = match value {
-        Value::String(text) => text.clone(),
-        Value::Number(number) => number.to_string(),
-        Value::Bool(flag) => flag.to_string(),
-        Value::Array(items) => {
-            let parts: Option<Vec<String>> = items
-                .iter()
-                .map(|item| match item {
-                    Value::Array(_) | Value::Object(_) | Value::Null => None,
-                    scalar => claim_text(scalar),
-                })
-                .collect();
-            parts?.join(",")
-        }
-        Value::Object(_) | Value::Null => return None,
-    };
-    (!text.chars().any(char::is_control)).then_some(text)
 }
 
 fn find_token(provider: &Provider, request: &Lazy) -> Option<(String, Credential)> {

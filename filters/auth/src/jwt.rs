@@ -24,6 +24,11 @@ pub struct Verified {
     pub claims: Value,
     /// The payload segment as it came (base64url), for `forward_payload_header`.
     pub payload: String,
+    /// The provider's `consumer_claim` as header text. This and `claim_headers` are read once,
+    /// when the token is verified, not again for every request that repeats it.
+    pub consumer: Option<String>,
+    /// The provider's `claim_to_headers`: each header with its claim's text, where it has one.
+    pub claim_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +125,13 @@ pub fn verify(token: &str, provider: &Provider, keys: &[Key], now_seconds: u64) 
         })
         .ok_or(Rejection::Invalid(payload_problem.unwrap_or("the token's signature is invalid")))?;
     check_claims(&claims, provider, now_seconds)?;
-    Ok(Verified { claims, payload: (*payload).to_string() })
+    let consumer = claim(&claims, &provider.consumer_claim).and_then(claim_text);
+    let claim_headers = provider
+        .claim_to_headers
+        .iter()
+        .filter_map(|(header, name)| Some((header.clone(), claim(&claims, name).and_then(claim_text)?)))
+        .collect();
+    Ok(Verified { claims, payload: (*payload).to_string(), consumer, claim_headers })
 }
 
 /// What is wrong with a signed payload that could not be read. A registered claim given twice
@@ -226,6 +237,28 @@ fn normalize_audience(audience: &str) -> &str {
 /// The claim at a dotted path (`realm_access.roles`).
 pub fn claim<'c>(claims: &'c Value, path: &str) -> Option<&'c Value> {
     path.split('.').try_fold(claims, |value, key| value.get(key))
+}
+
+/// A claim as header text: strings as they are, numbers and booleans printed, arrays of those
+/// joined with commas. Objects and control characters are not put in headers.
+pub fn claim_text(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        Value::Bool(flag) => flag.to_string(),
+        Value::Array(items) => {
+            let parts: Option<Vec<String>> = items
+                .iter()
+                .map(|item| match item {
+                    Value::Array(_) | Value::Object(_) | Value::Null => None,
+                    scalar => claim_text(scalar),
+                })
+                .collect();
+            parts?.join(",")
+        }
+        Value::Object(_) | Value::Null => return None,
+    };
+    (!text.chars().any(char::is_control)).then_some(text)
 }
 
 #[cfg(test)]

@@ -168,7 +168,12 @@ mod tests {
     }
 
     fn verified(sub: &str) -> Rc<Verified> {
-        Rc::new(Verified { claims: json!({ "sub": sub }), payload: String::new() })
+        Rc::new(Verified {
+            claims: json!({ "sub": sub }),
+            payload: String::new(),
+            consumer: None,
+            claim_headers: vec![],
+        })
     }
 
     #[test]
