@@ -332,7 +332,6 @@ impl Context for ChainHttp {
         if !paused.is_empty() {
             paused.remove(&self.context_id);
         }
-        drop(paused);
         let mut root_started = self.chain.root_started_calls.borrow_mut();
         if !root_started.is_empty() {
             root_started.retain(|_, context_id| *context_id != self.context_id);

@@ -57,9 +57,7 @@ impl Limit {
 
     fn ticks_to_seconds_ceil(&self, ticks: u128) -> u64 {
         let per_second = NANOS_PER_SECOND * u128::from(self.requests);
-        let whole = divide(ticks, per_second);
-        let whole = if whole * per_second < ticks { whole + 1 } else { whole };
-        u64::try_from(whole).unwrap_or(u64::MAX)
+        u64::try_from(divide_ceil(ticks, per_second)).unwrap_or(u64::MAX)
     }
 
     /// True when a key whose TAT is `tat` has its whole burst available again at `now_nanos`.
@@ -114,6 +112,17 @@ fn divide(dividend: u128, divisor: u128) -> u128 {
     }
 }
 
+/// `dividend / divisor` rounded up, through [`divide`].
+fn divide_ceil(dividend: u128, divisor: u128) -> u128 {
+    let quotient = divide(dividend, divisor);
+    // `quotient * divisor` is at most `dividend`: no overflow.
+    if quotient * divisor < dividend {
+        quotient + 1
+    } else {
+        quotient
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +161,7 @@ mod tests {
         for dividend in edges {
             for divisor in edges.into_iter().filter(|divisor| *divisor > 0) {
                 assert_eq!(divide(dividend, divisor), dividend / divisor, "{dividend} / {divisor}");
+                assert_eq!(divide_ceil(dividend, divisor), dividend.div_ceil(divisor), "{dividend} / {divisor}, up");
             }
         }
     }
