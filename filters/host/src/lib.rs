@@ -3,8 +3,15 @@
 //! ([`driver`]). Every module (`auth.wasm`, …, and the bundle `gateway.wasm`) is a call of
 //! [`module!`] with a function that builds its stages from the plugin configuration.
 
+#[cfg(any(test, target_family = "wasm"))]
+mod allocator;
 mod driver;
 mod proxy_host;
+
+/// Every module allocates through the recycling front (see [`allocator`]).
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: allocator::Recycling<std::alloc::System> = allocator::Recycling::new(std::alloc::System);
 
 pub use driver::{install, ChainBuilder};
 pub use proxy_host::ProxyHost;
