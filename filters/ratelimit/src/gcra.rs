@@ -48,7 +48,7 @@ impl Limit {
     /// rule's `RateLimit-Policy`).
     pub fn refill_window_seconds(&self) -> u64 {
         let seconds = u128::from(self.burst) * u128::from(self.period_seconds);
-        u64::try_from(seconds.div_ceil(u128::from(self.requests))).unwrap_or(u64::MAX)
+        u64::try_from(divide_ceil(seconds, u128::from(self.requests))).unwrap_or(u64::MAX)
     }
 
     pub fn now_ticks(&self, now_nanos: u64) -> u128 {

@@ -111,13 +111,36 @@ pub struct Decision {
     pub global: Vec<GlobalDescriptor>,
 }
 
+/// The table's hash key, and each local rule's hasher with the rule's name and limit already
+/// hashed into it: made once per configuration, so a request hashes only its own key parts.
+pub struct BucketKeys {
+    seed: [u8; 16],
+    /// Per rule (`None` for a global rule).
+    prefixes: Vec<Option<BucketHasher>>,
+}
+
+impl BucketKeys {
+    pub fn new(seed: [u8; 16], config: &RateLimitConfig) -> BucketKeys {
+        let prefixes = config
+            .rules
+            .iter()
+            .map(|rule| match &rule.scope {
+                Scope::Local { limit, .. } => Some(BucketHasher::new(seed, &rule.name, limit)),
+                Scope::Global => None,
+            })
+            .collect();
+        BucketKeys { seed, prefixes }
+    }
+}
+
 /// Evaluates `config`'s local rules in order for one request at `now_nanos`, and lists the
 /// global rules that apply (local rules come first: a flood is shed before the network hop).
+/// `keys` must have been made from `config`.
 pub fn evaluate(
     config: &RateLimitConfig,
     facts: &mut dyn RequestFacts,
     store: &dyn SharedStore,
-    seed: [u8; 16],
+    keys: &BucketKeys,
     now_nanos: u64,
 ) -> Decision {
     let mut checks = Vec::new();
@@ -134,7 +157,8 @@ pub fn evaluate(
         };
         // A rule whose key cannot be built (its header is absent) does not apply, as with
         // Envoy's rate limit descriptors; pair such rules with a client_ip rule.
-        let Some(id) = bucket(rule, limit, config, facts, seed) else {
+        let Some(prefix) = keys.prefixes.get(index).and_then(Option::as_ref) else { continue };
+        let Some(id) = bucket(prefix.clone(), rule, config, facts) else {
             continue;
         };
         let mut result = charge(store, &table::group_key(config.groups, id.group), id, rule, limit, now_nanos);
@@ -142,7 +166,7 @@ pub fn evaluate(
         if overflowed {
             // Neither unlimited nor refused: every key without a slot shares one bucket of
             // the rule's own limit, so a flood of new keys gets one key's worth of requests.
-            let id = table::overflow_id(seed, &rule.name, limit);
+            let id = table::overflow_id(keys.seed, &rule.name, limit);
             result = charge(store, &table::overflow_key(&rule.name), id, rule, limit, now_nanos);
         }
         checks.push(Check { rule: index, result, overflowed, quota: None });
@@ -186,15 +210,14 @@ fn matches(matcher: &Match, facts: &mut dyn RequestFacts) -> bool {
     })
 }
 
-/// The rule's bucket for this request, or `None` when one of its key parts is missing.
+/// The rule's bucket for this request (`hasher` holds the rule's prefix), or `None` when one
+/// of its key parts is missing.
 fn bucket(
+    mut hasher: BucketHasher,
     rule: &Rule,
-    limit: &Limit,
     config: &RateLimitConfig,
     facts: &mut dyn RequestFacts,
-    seed: [u8; 16],
 ) -> Option<BucketId> {
-    let mut hasher = BucketHasher::new(seed, &rule.name, limit);
     for part in &rule.key {
         let bytes = match part {
             KeyPart::ClientIp(mask) => {
@@ -342,6 +365,7 @@ mod tests {
 
     struct Gateway {
         config: RateLimitConfig,
+        keys: BucketKeys,
         store: MemoryStore,
     }
 
@@ -350,10 +374,10 @@ mod tests {
             let config = RateLimitConfig::parse(config.to_string().as_bytes()).unwrap();
             let store = MemoryStore::default();
             create_table(&store, &config, SEED).unwrap();
-            Gateway { config, store }
+            Gateway { keys: BucketKeys::new(SEED, &config), config, store }
         }
         fn send(&self, request: &Request, at: u64) -> Decision {
-            evaluate(&self.config, &mut request.clone(), &self.store, SEED, at)
+            evaluate(&self.config, &mut request.clone(), &self.store, &self.keys, at)
         }
         /// How many of `count` identical requests at `at` are let through.
         fn allowed(&self, request: &Request, at: u64, count: usize) -> usize {
@@ -546,7 +570,7 @@ mod tests {
             rule("b", json!([{"header": "x-k"}, "route"]), 60, 10),
         ]}));
         let mut request = Request::get("/").header("x-k", "1").route("r");
-        evaluate(&gateway.config, &mut request, &gateway.store, SEED, NOW);
+        evaluate(&gateway.config, &mut request, &gateway.store, &gateway.keys, NOW);
         request.reads.dedup();
         request.reads.sort();
         request.reads.dedup();
@@ -582,7 +606,8 @@ mod tests {
         for (policy, expected) in [("fail_open", Verdict::Allow), ("fail_closed", Verdict::Unavailable { rule: 0 })] {
             let config = json!({"failure_policy": policy, "rules": [rule("r", json!(["client_ip"]), 60, 1)]});
             let config = RateLimitConfig::parse(config.to_string().as_bytes()).unwrap();
-            let decision = evaluate(&config, &mut Request::get("/"), &BrokenStore, SEED, NOW);
+            let decision =
+                evaluate(&config, &mut Request::get("/"), &BrokenStore, &BucketKeys::new(SEED, &config), NOW);
             assert_eq!(decision.verdict, expected);
             assert_eq!(decision.checks[0].result, CheckResult::Failed(Failure::Store));
         }
@@ -644,7 +669,7 @@ mod tests {
             RateLimitConfig::parse(json!({"rules": [rule("r", json!(["client_ip"]), 60, 1)]}).to_string().as_bytes())
                 .unwrap();
         let store = MemoryStore::default();
-        let decision = evaluate(&config, &mut Request::get("/"), &store, SEED, NOW);
+        let decision = evaluate(&config, &mut Request::get("/"), &store, &BucketKeys::new(SEED, &config), NOW);
         assert_eq!(decision.checks[0].result, CheckResult::Failed(Failure::Store));
         assert_eq!(store.get(&table::group_key(config.groups, 0)).unwrap(), None, "nothing created by a request");
     }

@@ -57,16 +57,17 @@ pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, St
             })
         })
         .collect();
+    let keys = limiter::BucketKeys::new(seed, &config);
     let worker =
-        Worker { config, seed, counters, logged_failures: Default::default(), logged_no_clock: Cell::new(false) };
+        Worker { config, keys, counters, logged_failures: Default::default(), logged_no_clock: Cell::new(false) };
     Ok(Box::new(RateLimitStage { worker: Rc::new(worker) }))
 }
 
-/// What one VM (one Envoy worker) keeps: the compiled config, the table's hash key, and its
+/// What one VM (one Envoy worker) keeps: the compiled config, the table's hash keys, and its
 /// metrics.
 struct Worker {
     config: RateLimitConfig,
-    seed: [u8; 16],
+    keys: limiter::BucketKeys,
     /// Per rule: one counter for each of [`DECISIONS`], then one for each of [`FAILURES`].
     counters: Vec<[BatchedCounter; COUNTERS]>,
     /// Failures are logged once per worker and kind, then only counted: a flood must not
@@ -118,7 +119,7 @@ impl StageStream for RateLimitStream {
             }
             return Flow::Continue;
         };
-        let mut decision = limiter::evaluate(&worker.config, request, host.shared_data(), worker.seed, now);
+        let mut decision = limiter::evaluate(&worker.config, request, host.shared_data(), &worker.keys, now);
         if let (Some(service), false) = (&worker.config.rate_limit_service, decision.global.is_empty()) {
             let message = global::request_message(&service.domain, &decision.global);
             match host.grpc_call(&service.cluster, global::SERVICE, global::METHOD, &message, service.timeout) {

@@ -113,6 +113,8 @@ pub fn bucket_id(seed: [u8; 16], groups: u32, rule: &str, limit: &Limit, parts: 
 }
 
 /// [`bucket_id`] fed one key part at a time, so a request's parts need not be collected.
+/// Cloned from a rule's prefix (see `limiter::BucketKeys`), so a request hashes only its key.
+#[derive(Clone)]
 pub struct BucketHasher(SipHasher13);
 
 impl BucketHasher {

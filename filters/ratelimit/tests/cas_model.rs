@@ -13,7 +13,7 @@
 use gateway_common::shared::{SharedStore, StoreError, Versioned};
 use gateway_common::testing::MemoryStore;
 use ratelimit_filter::config::RateLimitConfig;
-use ratelimit_filter::limiter::{create_table, evaluate, CheckResult, RequestFacts, Verdict};
+use ratelimit_filter::limiter::{create_table, evaluate, BucketKeys, CheckResult, RequestFacts, Verdict};
 use serde_json::json;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -147,7 +147,8 @@ fn run_schedule(
             let (config, store) = (config.clone(), store.clone());
             std::thread::spawn(move || {
                 WORKER.with(|cell| cell.set(worker));
-                let decision = evaluate(&config, &mut Request, store.as_ref(), SEED, NOW);
+                let keys = BucketKeys::new(SEED, &config);
+                let decision = evaluate(&config, &mut Request, store.as_ref(), &keys, NOW);
                 store.finish();
                 assert!(
                     !matches!(decision.checks.first().map(|c| c.result), Some(CheckResult::Failed(_))),
