@@ -36,8 +36,12 @@ impl Lazy<'_> {
 
     /// Looks at a header in place (a token is hundreds of bytes: copied once, not twice).
     fn with_header<T>(&self, name: &str, look: impl FnOnce(&str) -> Option<T>) -> Option<T> {
+        self.with_header_bytes(name, |bytes| std::str::from_utf8(bytes).ok().and_then(look))
+    }
+
+    fn with_header_bytes<T>(&self, name: &str, look: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
         let mut facts = self.facts.borrow_mut();
-        facts.header(name).and_then(|bytes| std::str::from_utf8(bytes).ok()).and_then(look)
+        facts.header(name).and_then(look)
     }
 
     fn matches(&self, matcher: &RequestMatch) -> bool {
@@ -275,29 +279,45 @@ fn check_provider(index: usize, context: &mut Context) -> Check {
     let verified = match context.ring.cached(index, &token, now) {
         Some(verified) => verified,
         None if context.locked => return Check::Throttled,
-        None => match jwt::verify(&token, provider, context.ring.keys(index), now) {
-            Ok(verified) => {
-                let exp = verified.claims.get("exp").and_then(serde_json::Value::as_f64).map(|exp| exp as u64);
-                let until = exp.map(|exp| exp.saturating_add(provider.clock_skew_seconds));
-                let verified = Rc::new(verified);
-                context.ring.remember(index, token, Rc::clone(&verified), until, now);
-                verified
-            }
-            Err(Rejection::Invalid(description)) => return Check::Invalid(description),
-            Err(rejection @ (Rejection::UnknownKey | Rejection::NoKeys)) => {
-                if !context.refetch.contains(&index) {
-                    context.refetch.push(index);
-                }
-                return Check::Invalid(if rejection == Rejection::NoKeys {
-                    "the provider has no keys (its key set could not be fetched)"
-                } else {
-                    "the token's key is unknown"
-                });
-            }
-            Err(Rejection::Forbidden(description)) => return Check::Forbidden(description),
+        None => match verify_new(index, provider, token, now, context) {
+            Ok(verified) => verified,
+            Err(refusal) => return refusal,
         },
     };
     identity(provider, verified, source)
+}
+
+/// Verifies a token this worker has not verified before, and remembers it. A JWT is
+/// base64url text: bytes that are not text cannot be one.
+fn verify_new(
+    index: usize,
+    provider: &Provider,
+    token: Vec<u8>,
+    now: u64,
+    context: &mut Context,
+) -> Result<Rc<jwt::Verified>, Check> {
+    let Ok(token) = String::from_utf8(token) else { return Err(Check::Invalid(jwt::NOT_THREE_SEGMENTS)) };
+    match jwt::verify(&token, provider, context.ring.keys(index), now) {
+        Ok(verified) => {
+            let exp = verified.claims.get("exp").and_then(serde_json::Value::as_f64).map(|exp| exp as u64);
+            let until = exp.map(|exp| exp.saturating_add(provider.clock_skew_seconds));
+            let verified = Rc::new(verified);
+            context.ring.remember(index, token, Rc::clone(&verified), until, now);
+            Ok(verified)
+        }
+        Err(Rejection::Invalid(description)) => Err(Check::Invalid(description)),
+        Err(rejection @ (Rejection::UnknownKey | Rejection::NoKeys)) => {
+            if !context.refetch.contains(&index) {
+                context.refetch.push(index);
+            }
+            Err(Check::Invalid(if rejection == Rejection::NoKeys {
+                "the provider has no keys (its key set could not be fetched)"
+            } else {
+                "the token's key is unknown"
+            }))
+        }
+        Err(Rejection::Forbidden(description)) => Err(Check::Forbidden(description)),
+    }
 }
 
 fn identity(provider: &Provider, verified: Rc<jwt::Verified>, source: Credential) -> Check {
@@ -313,22 +333,25 @@ fn identity(provider: &Provider, verified: Rc<jwt::Verified>, source: Credential
     Check::Ok(identity)
 }
 
-fn find_token(provider: &Provider, request: &Lazy) -> Option<(String, Credential)> {
+/// The provider's token in the request, as bytes: whether they are text is only asked when
+/// the token is not one this worker already verified (the check reads every byte, and a
+/// token is hundreds of them).
+fn find_token(provider: &Provider, request: &Lazy) -> Option<(Vec<u8>, Credential)> {
     provider.sources.iter().find_map(|source| match source {
-        TokenSource::Header { name, prefix } => request.with_header(name, |value| {
+        TokenSource::Header { name, prefix } => request.with_header_bytes(name, |value| {
             let token = match value.get(..prefix.len()) {
-                Some(start) if start.eq_ignore_ascii_case(prefix) => value.get(prefix.len()..)?.trim(),
+                Some(start) if start.eq_ignore_ascii_case(prefix.as_bytes()) => value.get(prefix.len()..)?.trim_ascii(),
                 _ => return None,
             };
-            (!token.is_empty()).then(|| (token.to_string(), Credential::Header(name.clone())))
+            (!token.is_empty()).then(|| (token.to_vec(), Credential::Header(name.clone())))
         }),
         TokenSource::Param(name) => {
-            query_param(request.path(), name).map(|token| (token, Credential::Param(name.clone())))
+            query_param(request.path(), name).map(|token| (token.into_bytes(), Credential::Param(name.clone())))
         }
         TokenSource::Cookie(name) => request.with_header("cookie", |cookies| {
             cookies.split(';').find_map(|pair| {
                 let (key, value) = pair.trim().split_once('=')?;
-                (key == name && !value.is_empty()).then(|| (value.to_string(), Credential::Cookie))
+                (key == name && !value.is_empty()).then(|| (value.as_bytes().to_vec(), Credential::Cookie))
             })
         }),
     })
@@ -558,5 +581,37 @@ mod tests {
         assert_eq!((denial.status, denial.error), (429, THROTTLED));
         assert_eq!(status(&decide_with(&config, get("/orders"), true)), 401, "no credential: decided as usual");
         assert_eq!(status(&decide_with(&config, get("/public"), true)), 200);
+    }
+
+    #[test]
+    fn a_bearer_token_is_judged_as_bytes_and_bytes_that_are_not_text_are_no_token() {
+        use base64::Engine;
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let secret = b"secret-key-for-tests-only-32-bytes";
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        let jwks = json!({"keys": [{"kty": "oct", "kid": "k1", "k": k}]}).to_string();
+        let config = config(json!({
+            "providers": {"idp": {"algorithms": ["HS256"], "local_jwks": {"inline_string": jwks}}},
+            "rules": [{"requires": {"provider_name": "idp"}}]
+        }));
+        let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let claims = json!({"sub": "ada", "exp": 1_764_000_000u64 + 600});
+        let token = encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap();
+        let mut ring = KeyRing::new(&config);
+        let mut run = |value: Vec<u8>| {
+            let mut request = get("/orders");
+            request.headers.push(("authorization".into(), value));
+            decide(&config, &mut ring, &mut request, Some(1_764_000_000), false, &mut Vec::new())
+        };
+        let spaced = format!("bearer  {token} ").into_bytes();
+        for _ in 0..2 {
+            // The second time the token is the cached verification's.
+            assert_eq!(status(&run(spaced.clone())), 200, "the scheme in any case, spaces around the token");
+        }
+        let mut not_text = format!("Bearer {token}").into_bytes();
+        not_text.push(0xff);
+        let Decision::Deny(denial) = run(not_text) else { panic!("allowed") };
+        assert_eq!((denial.status, denial.message.as_str()), (401, jwt::NOT_THREE_SEGMENTS));
     }
 }

@@ -44,6 +44,9 @@ pub enum Rejection {
     Forbidden(String),
 }
 
+/// Why a token that is not `header.payload.signature` in base64url is refused.
+pub const NOT_THREE_SEGMENTS: &str = "the token is not three base64url segments";
+
 /// Verifies `token` for `provider` with the provider's current `keys`.
 pub fn verify(token: &str, provider: &Provider, keys: &[Key], now_seconds: u64) -> Result<Verified, Rejection> {
     if token.len() > MAX_TOKEN_BYTES {
@@ -54,7 +57,7 @@ pub fn verify(token: &str, provider: &Provider, keys: &[Key], now_seconds: u64) 
         && segments.iter().all(|segment| segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         && segments.iter().take(2).all(|segment| !segment.is_empty());
     let (Some(header_segment), Some(payload), true) = (segments.first(), segments.get(1), well_formed) else {
-        return Err(Rejection::Invalid("the token is not three base64url segments"));
+        return Err(Rejection::Invalid(NOT_THREE_SEGMENTS));
     };
     let header_json: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header_segment)

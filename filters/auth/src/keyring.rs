@@ -34,8 +34,7 @@ pub struct KeyRing {
 /// cannot fill one bucket.
 const HASHED_TAIL: usize = 32;
 
-fn tail_hash(hasher: &RandomState, token: &str) -> u64 {
-    let bytes = token.as_bytes();
+fn tail_hash(hasher: &RandomState, bytes: &[u8]) -> u64 {
     hasher.hash_one(bytes.get(bytes.len().saturating_sub(HASHED_TAIL)..).unwrap_or(bytes))
 }
 
@@ -45,8 +44,7 @@ fn tail_hash(hasher: &RandomState, token: &str) -> u64 {
 /// turn: for a token of several hundred bytes that was the single largest part of the bundle's
 /// own work on a request with a cached token (about 6,300 of its 38,700 instructions in V8,
 /// measured with a JavaScript proxy-wasm host; about 1,000 are left with this comparison).
-fn same_token(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+fn same_token(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -105,10 +103,12 @@ impl KeyRing {
         }
     }
 
-    pub fn cached(&self, provider: usize, token: &str, now: u64) -> Option<Rc<Verified>> {
+    /// The verification of `token` (as the request carries it: bytes, not yet known to be
+    /// text) if this worker verified the very same token and it is still valid at `now`.
+    pub fn cached(&self, provider: usize, token: &[u8], now: u64) -> Option<Rc<Verified>> {
         let version = self.sets.get(provider)?.version;
         let hash = tail_hash(&self.tail_hasher, token);
-        let entry = self.cache.get(provider)?.find(hash, |entry| same_token(&entry.token, token))?;
+        let entry = self.cache.get(provider)?.find(hash, |entry| same_token(entry.token.as_bytes(), token))?;
         (entry.key_version == version && now <= entry.valid_until).then(|| Rc::clone(&entry.verified))
     }
 
@@ -126,7 +126,8 @@ impl KeyRing {
         if cache.len() >= CACHE_CAPACITY {
             // Bounded: drop one entry (the table's order is arbitrary, which suits a cache that
             // an attacker should not be able to steer).
-            let victim = cache.iter().next().map(|entry| (tail_hash(hasher, &entry.token), entry.token.as_ptr()));
+            let victim =
+                cache.iter().next().map(|entry| (tail_hash(hasher, entry.token.as_bytes()), entry.token.as_ptr()));
             if let Some((hash, address)) = victim {
                 if let Ok(entry) = cache.find_entry(hash, |entry| entry.token.as_ptr() == address) {
                     entry.remove();
@@ -134,12 +135,12 @@ impl KeyRing {
             }
         }
         let valid_until = exp_plus_skew.unwrap_or(now.saturating_add(CACHE_SECONDS_WITHOUT_EXP));
-        let hash = tail_hash(hasher, &token);
+        let hash = tail_hash(hasher, token.as_bytes());
         let cached = Cached { token: token.into_boxed_str(), verified, key_version: set.version, valid_until };
         match cache.entry(
             hash,
-            |entry| same_token(&entry.token, &cached.token),
-            |entry| tail_hash(hasher, &entry.token),
+            |entry| same_token(entry.token.as_bytes(), cached.token.as_bytes()),
+            |entry| tail_hash(hasher, entry.token.as_bytes()),
         ) {
             Entry::Occupied(mut entry) => *entry.get_mut() = cached,
             Entry::Vacant(entry) => {
@@ -181,12 +182,12 @@ mod tests {
         let mut ring = ring();
         assert!(ring.has_keys(0) && !ring.has_keys(1));
         ring.remember(0, "t".into(), verified("ada"), Some(100), 10);
-        assert_eq!(ring.cached(0, "t", 100).unwrap().claims["sub"], "ada");
-        assert!(ring.cached(0, "t", 101).is_none(), "expired");
-        assert!(ring.cached(0, "other", 50).is_none());
+        assert_eq!(ring.cached(0, b"t", 100).unwrap().claims["sub"], "ada");
+        assert!(ring.cached(0, b"t", 101).is_none(), "expired");
+        assert!(ring.cached(0, b"other", 50).is_none());
         ring.remember(0, "u".into(), verified("grace"), None, 10);
-        assert!(ring.cached(0, "u", 10 + CACHE_SECONDS_WITHOUT_EXP).is_some());
-        assert!(ring.cached(0, "u", 11 + CACHE_SECONDS_WITHOUT_EXP).is_none(), "re-verified at least this often");
+        assert!(ring.cached(0, b"u", 10 + CACHE_SECONDS_WITHOUT_EXP).is_some());
+        assert!(ring.cached(0, b"u", 11 + CACHE_SECONDS_WITHOUT_EXP).is_none(), "re-verified at least this often");
     }
 
     #[test]
@@ -194,7 +195,7 @@ mod tests {
         let mut ring = ring();
         ring.remember(0, "t".into(), verified("ada"), Some(100), 10);
         ring.replace(0, Vec::new());
-        assert!(ring.cached(0, "t", 20).is_none());
+        assert!(ring.cached(0, b"t", 20).is_none());
         assert!(!ring.has_keys(0));
     }
 
@@ -204,9 +205,9 @@ mod tests {
         let tail = "s".repeat(HASHED_TAIL);
         ring.remember(0, format!("a.{tail}"), verified("ada"), Some(100), 10);
         ring.remember(0, format!("b.{tail}"), verified("grace"), Some(100), 10);
-        assert_eq!(ring.cached(0, &format!("a.{tail}"), 20).unwrap().claims["sub"], "ada");
-        assert_eq!(ring.cached(0, &format!("b.{tail}"), 20).unwrap().claims["sub"], "grace");
-        assert!(ring.cached(0, &format!("c.{tail}"), 20).is_none());
+        assert_eq!(ring.cached(0, format!("a.{tail}").as_bytes(), 20).unwrap().claims["sub"], "ada");
+        assert_eq!(ring.cached(0, format!("b.{tail}").as_bytes(), 20).unwrap().claims["sub"], "grace");
+        assert!(ring.cached(0, format!("c.{tail}").as_bytes(), 20).is_none());
     }
 
     #[test]
@@ -216,21 +217,21 @@ mod tests {
             ring.remember(0, format!("t{n}"), verified("x"), Some(100), 10);
         }
         assert_eq!(ring.cached_tokens(), CACHE_CAPACITY);
-        assert!(ring.cached(0, &format!("t{}", CACHE_CAPACITY + 9), 20).is_some(), "the newest is kept");
+        assert!(ring.cached(0, format!("t{}", CACHE_CAPACITY + 9).as_bytes(), 20).is_some(), "the newest is kept");
     }
 
     #[test]
     fn tokens_are_compared_whole() {
-        assert!(same_token("", ""));
-        assert!(same_token("abcdefgh.ijk", "abcdefgh.ijk"));
-        assert!(!same_token("abcdefgh.ijk", "abcdefgh.ijl"), "in the part after the last whole word");
-        assert!(!same_token("abcdefgX.ijk", "abcdefgh.ijk"), "in a whole word");
-        assert!(!same_token("abcdefgh", "abcdefgh."), "a prefix");
+        assert!(same_token(b"", b""));
+        assert!(same_token(b"abcdefgh.ijk", b"abcdefgh.ijk"));
+        assert!(!same_token(b"abcdefgh.ijk", b"abcdefgh.ijl"), "in the part after the last whole word");
+        assert!(!same_token(b"abcdefgX.ijk", b"abcdefgh.ijk"), "in a whole word");
+        assert!(!same_token(b"abcdefgh", b"abcdefgh."), "a prefix");
         let token = "x".repeat(700);
         let mut other = token.clone().into_bytes();
         other[350] = b'y';
-        assert!(same_token(&token, &token.clone()));
-        assert!(!same_token(&token, std::str::from_utf8(&other).unwrap()));
+        assert!(same_token(token.as_bytes(), token.clone().as_bytes()));
+        assert!(!same_token(token.as_bytes(), &other));
     }
 
     #[test]
@@ -239,6 +240,6 @@ mod tests {
         ring.remember(0, "t".into(), verified("ada"), Some(100), 10);
         ring.remember(0, "t".into(), verified("ada"), Some(200), 150);
         assert_eq!(ring.cached_tokens(), 1);
-        assert!(ring.cached(0, "t", 180).is_some());
+        assert!(ring.cached(0, b"t", 180).is_some());
     }
 }
