@@ -390,6 +390,22 @@ mod tests {
     }
 
     #[test]
+    fn a_rules_prefix_hashed_once_gives_the_bucket_hashing_it_all_gives() {
+        let config = RateLimitConfig::parse(
+            json!({"rules": [rule("per-tenant", json!([{"header": "x-tenant"}, {"fixed": "all"}]), 60, 5)]})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap();
+        let Scope::Local { limit } = &config.rules[0].scope else { panic!("a local rule") };
+        let keys = BucketKeys::new(SEED, &config);
+        let prefix = keys.prefixes[0].clone().unwrap();
+        let id = bucket(prefix, &config.rules[0], &config, &mut Request::get("/").header("x-tenant", "acme"));
+        let whole = table::bucket_id(SEED, config.groups, "per-tenant", limit, &[b"acme", b"all"]);
+        assert_eq!(id, Some(whole), "tables made before keep their buckets");
+    }
+
+    #[test]
     fn global_rules_are_listed_after_the_local_ones_with_envoys_descriptor_keys() {
         let gateway = Gateway::new(json!({
             "rate_limit_service": {"cluster": "ratelimit", "domain": "gateway"},
