@@ -476,27 +476,35 @@ mod tests {
         }
     }
 
+    const HS256_SECRET: &[u8] = b"secret-key-for-tests-only-32-bytes";
+
+    /// [`config`] with provider `idp` (HS256, key `k1`) and `rules`.
+    fn config_with_idp(rules: serde_json::Value) -> AuthConfig {
+        use base64::Engine;
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(HS256_SECRET);
+        let jwks = json!({"keys": [{"kty": "oct", "kid": "k1", "k": k}]}).to_string();
+        config(json!({
+            "providers": {"idp": {"algorithms": ["HS256"], "local_jwks": {"inline_string": jwks}}},
+            "rules": rules
+        }))
+    }
+
+    /// A token of `idp` with `claims`.
+    fn idp_token(claims: serde_json::Value) -> String {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k1".into());
+        encode(&header, &claims, &EncodingKey::from_secret(HS256_SECRET)).unwrap()
+    }
+
     #[test]
     fn a_rule_can_require_claims_of_the_token_that_passed() {
-        use base64::Engine;
-        use jsonwebtoken::{encode, EncodingKey, Header};
-        let secret = b"secret-key-for-tests-only-32-bytes";
-        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-        let jwks = json!({"keys": [{"kty": "oct", "kid": "k1", "k": k}]}).to_string();
-        let config = config(json!({
-            "providers": {"idp": {"algorithms": ["HS256"], "local_jwks": {"inline_string": jwks}}},
-            "rules": [{
-                "match": {"prefix": "/orders"},
-                "requires": {"requires_any": {"requirements": [{"provider_name": "idp"}, {"api_key": {}}, {"allow_missing": {}}]}},
-                "required_claims": {"scope": "orders:write"}
-            }]
-        }));
-        let token = |scope: &str| {
-            let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
-            header.kid = Some("k1".into());
-            let claims = json!({"sub": "ada", "scope": scope, "exp": 1_764_000_000u64 + 600});
-            encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
-        };
+        let config = config_with_idp(json!([{
+            "match": {"prefix": "/orders"},
+            "requires": {"requires_any": {"requirements": [{"provider_name": "idp"}, {"api_key": {}}, {"allow_missing": {}}]}},
+            "required_claims": {"scope": "orders:write"}
+        }]));
+        let token = |scope: &str| idp_token(json!({"sub": "ada", "scope": scope, "exp": 1_764_000_000u64 + 600}));
         let with_token = |scope: &str| get("/orders").header("authorization", &format!("Bearer {}", token(scope)));
         assert_eq!(status(&decide_with(&config, with_token("orders:read orders:write"), false)), 200);
         let Decision::Deny(denial) = decide_with(&config, with_token("orders:read"), false) else { panic!("allowed") };
@@ -585,19 +593,8 @@ mod tests {
 
     #[test]
     fn a_bearer_token_is_judged_as_bytes_and_bytes_that_are_not_text_are_no_token() {
-        use base64::Engine;
-        use jsonwebtoken::{encode, EncodingKey, Header};
-        let secret = b"secret-key-for-tests-only-32-bytes";
-        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-        let jwks = json!({"keys": [{"kty": "oct", "kid": "k1", "k": k}]}).to_string();
-        let config = config(json!({
-            "providers": {"idp": {"algorithms": ["HS256"], "local_jwks": {"inline_string": jwks}}},
-            "rules": [{"requires": {"provider_name": "idp"}}]
-        }));
-        let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
-        header.kid = Some("k1".into());
-        let claims = json!({"sub": "ada", "exp": 1_764_000_000u64 + 600});
-        let token = encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap();
+        let config = config_with_idp(json!([{"requires": {"provider_name": "idp"}}]));
+        let token = idp_token(json!({"sub": "ada", "exp": 1_764_000_000u64 + 600}));
         let mut ring = KeyRing::new(&config);
         let mut run = |value: Vec<u8>| {
             let mut request = get("/orders");

@@ -144,10 +144,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Recycling<A> {
             // SAFETY: the caller's contract, passed on: inner's block, inner's answer.
             (None, None) => unsafe { self.inner.realloc(block, layout, new_size) },
             _ => {
-                let new_layout = Layout::from_size_align(new_size, layout.align()).unwrap_or(layout);
-                if new_layout.size() != new_size {
+                let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
                     return ptr::null_mut();
-                }
+                };
                 // SAFETY: a valid layout; the old block holds `layout.size()` bytes and the
                 // new one at least `new_size`; the old block is the caller's to give up.
                 unsafe {
