@@ -41,22 +41,22 @@ pub struct Acquire {
 
 impl Limit {
     fn interval(&self) -> u128 {
-        u128::from(self.period_seconds) * NANOS_PER_SECOND
+        multiply(u128::from(self.period_seconds), NANOS_PER_SECOND)
     }
 
     /// Seconds to refill the whole burst at the sustained rate, rounded up (the `w` of the
     /// rule's `RateLimit-Policy`).
     pub fn refill_window_seconds(&self) -> u64 {
-        let seconds = u128::from(self.burst) * u128::from(self.period_seconds);
+        let seconds = widening_multiply(self.burst, self.period_seconds);
         u64::try_from(divide_ceil(seconds, u128::from(self.requests))).unwrap_or(u64::MAX)
     }
 
     pub fn now_ticks(&self, now_nanos: u64) -> u128 {
-        u128::from(now_nanos) * u128::from(self.requests)
+        widening_multiply(now_nanos, self.requests)
     }
 
     fn ticks_to_seconds_ceil(&self, ticks: u128) -> u64 {
-        let per_second = NANOS_PER_SECOND * u128::from(self.requests);
+        let per_second = multiply(NANOS_PER_SECOND, u128::from(self.requests));
         u64::try_from(divide_ceil(ticks, per_second)).unwrap_or(u64::MAX)
     }
 
@@ -68,7 +68,7 @@ impl Limit {
     pub fn acquire(&self, tat: u128, now_nanos: u64) -> Acquire {
         let now = self.now_ticks(now_nanos);
         let interval = self.interval();
-        let tolerance = interval * u128::from(self.burst.saturating_sub(1));
+        let tolerance = multiply(interval, u128::from(self.burst.saturating_sub(1)));
         let backlog = tat.saturating_sub(now);
         if backlog <= tolerance {
             let tat = now.max(tat) + interval;
@@ -90,13 +90,14 @@ impl Limit {
     /// left, has `remaining + 1`: the backlog must fall to `(burst - remaining - 1) * T`.
     /// Rounded up and at least 1, so a client that waits that long is admitted.
     fn seconds_until_more(&self, backlog: u128, remaining: u64) -> u64 {
-        let allowed_backlog = self.interval() * u128::from(self.burst.saturating_sub(remaining).saturating_sub(1));
+        let allowed_backlog =
+            multiply(self.interval(), u128::from(self.burst.saturating_sub(remaining).saturating_sub(1)));
         self.ticks_to_seconds_ceil(backlog.saturating_sub(allowed_backlog)).max(1)
     }
 
     /// How many more requests fit in `burst * T` after `backlog` ticks are taken.
     fn remaining(&self, backlog: u128) -> u64 {
-        let capacity = self.interval() * u128::from(self.burst);
+        let capacity = multiply(self.interval(), u128::from(self.burst));
         u64::try_from(divide(capacity.saturating_sub(backlog), self.interval())).unwrap_or(0)
     }
 }
@@ -112,11 +113,38 @@ fn divide(dividend: u128, divisor: u128) -> u128 {
     }
 }
 
+/// `a * b`. Wasm has no 128-bit multiplication either: the general one is a software routine
+/// (`__multi3`), which a request's arithmetic called about fourteen times. Nearly every product
+/// here fits 64 bits (an interval in ticks times a burst) and then costs one 64-bit
+/// multiplication; whether it fits is told by the operands' leading zeros (`checked_mul`
+/// would itself call the routine to find out).
+fn multiply(a: u128, b: u128) -> u128 {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) if a.leading_zeros() + b.leading_zeros() >= u64::BITS => {
+            // a < 2^(64 - zeros(a)) and b < 2^(64 - zeros(b)), so a * b < 2^64.
+            u128::from(a.wrapping_mul(b))
+        }
+        _ => wide_product(a, b),
+    }
+}
+
+/// The full product of two 64-bit numbers (the clock in ticks).
+fn widening_multiply(a: u64, b: u64) -> u128 {
+    multiply(u128::from(a), u128::from(b))
+}
+
+/// The routine, out of line: inline, the compiler computes it on both paths and picks one.
+#[cold]
+#[inline(never)]
+fn wide_product(a: u128, b: u128) -> u128 {
+    a.wrapping_mul(b)
+}
+
 /// `dividend / divisor` rounded up, through [`divide`].
 fn divide_ceil(dividend: u128, divisor: u128) -> u128 {
     let quotient = divide(dividend, divisor);
     // `quotient * divisor` is at most `dividend`: no overflow.
-    if quotient * divisor < dividend {
+    if multiply(quotient, divisor) < dividend {
         quotient + 1
     } else {
         quotient
@@ -126,6 +154,21 @@ fn divide_ceil(dividend: u128, divisor: u128) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_multiplications_give_the_full_product() {
+        let values =
+            [0, 1, 2, 3, 1_000_000_000, u64::from(u32::MAX), 1 << 32, 1_764_000_000 * SECOND, u64::MAX - 1, u64::MAX];
+        for a in values {
+            for b in values {
+                assert_eq!(widening_multiply(a, b), u128::from(a) * u128::from(b), "{a} * {b}");
+                assert_eq!(multiply(u128::from(a), u128::from(b)), u128::from(a) * u128::from(b), "{a} * {b}");
+            }
+        }
+        let big = u128::from(u64::MAX) + 5;
+        assert_eq!(multiply(big, 3), big * 3);
+        assert_eq!(multiply(3, big), big * 3);
+    }
 
     const SECOND: u64 = 1_000_000_000;
     const START: u64 = 1_764_000_000 * SECOND;
