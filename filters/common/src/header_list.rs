@@ -5,6 +5,8 @@
 //! a buffer per header (in Envoy each read that returns data also calls back into the VM to
 //! allocate it, which is most of what a read costs).
 
+use crate::bytes::same_name;
+
 /// A validated buffer of header pairs, with where each name and value lies in it.
 pub struct HeaderList {
     bytes: Vec<u8>,
@@ -58,10 +60,7 @@ impl HeaderList {
         let name = name.as_bytes();
         let entry = self.entries.iter().find(|entry| {
             entry.name_end - entry.name_start == name.len()
-                && self
-                    .bytes
-                    .get(entry.name_start..entry.name_end)
-                    .is_some_and(|known| known.eq_ignore_ascii_case(name))
+                && self.bytes.get(entry.name_start..entry.name_end).is_some_and(|known| same_name(known, name))
         })?;
         self.bytes.get(entry.name_end + 1..entry.value_end)
     }

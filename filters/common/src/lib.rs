@@ -28,6 +28,7 @@ pub mod log_fields {
     pub const AGGREGATE: &str = "gateway_aggregate";
 }
 
+pub mod bytes;
 pub mod client_ip;
 pub mod config;
 pub mod counter;

@@ -12,6 +12,7 @@
 //! one per header. Request headers are then seen as they were at that first read; the
 //! headers stages set are seen as set.
 
+use crate::bytes::same_name;
 use crate::header_list::HeaderList;
 use crate::host::{HeaderMap, Host, HostError};
 
@@ -108,9 +109,9 @@ impl Name {
     fn is(&self, name: &str) -> bool {
         match self {
             Name::Short { length, bytes } => {
-                bytes.get(..usize::from(*length)).is_some_and(|known| known.eq_ignore_ascii_case(name.as_bytes()))
+                bytes.get(..usize::from(*length)).is_some_and(|known| same_name(known, name.as_bytes()))
             }
-            Name::Long(known) => known.eq_ignore_ascii_case(name),
+            Name::Long(known) => same_name(known.as_bytes(), name.as_bytes()),
         }
     }
 }

@@ -7,6 +7,7 @@
 use crate::cardinality::{Admission, LabelValues};
 use crate::config::{LabelSpec, MetricsConfig};
 use crate::labels::{escape_reserved, stat_name, OVERFLOW_VALUE};
+use gateway_common::bytes;
 use gateway_common::label_value::sanitize;
 use gateway_common::shared::{SharedStore, StoreError};
 
@@ -73,7 +74,7 @@ impl Recorder {
         };
         let Some(raw) = raw else { return MISSING };
         if let Some((last_raw, id)) = last {
-            if last_raw.as_slice() == raw {
+            if bytes::equal(last_raw, raw) {
                 return *id;
             }
         }
