@@ -1,8 +1,8 @@
 //! Byte comparisons for the per-request path.
 //!
 //! `==` on byte slices calls `memcmp`, which the wasm32 C library runs one byte per loop turn,
-//! and `eq_ignore_ascii_case` folds the case of every byte of both sides: in V8 each costs
-//! about twenty machine instructions per byte. Header names, label values and tokens are
+//! and `eq_ignore_ascii_case` folds the case of every byte of both sides (about twenty machine
+//! instructions per byte in V8). Header names, label values and tokens are
 //! compared on every request (a cached RS256 token is several hundred bytes), so these compare
 //! eight bytes at a time.
 
@@ -23,7 +23,7 @@ pub fn equal(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether two header names are the same without regard to ASCII case, as Envoy's lookups
 /// are. Envoy hands every name over in lower case and the filters look names up in lower
-/// case, so the exact comparison answers nearly always; case is folded only where it does not.
+/// case (configured names are lower-cased when compiled), so the exact comparison answers nearly always; case is folded only where it does not.
 pub fn same_name(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && (equal(a, b) || a.eq_ignore_ascii_case(b))
 }
