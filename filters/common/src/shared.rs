@@ -9,10 +9,18 @@
 //! - keys are never deleted.
 //!
 //! Hence the rule used by every filter: create the keys a filter needs while it is being
-//! configured ([`ensure_exists`]), and update them only through [`update`], which always
-//! writes with the CAS it read. Envoy 1.40 runs `on_configure` on its main thread before it
-//! starts the workers (seen in its log: main-thread configure, then "starting workers", then
-//! one configure per worker), so keys created there exist before any request can write them.
+//! configured ([`ensure_exists`]), and update them only through [`update`] (or
+//! [`update_after`]), which always write with a CAS the key held. Envoy 1.40 runs
+//! `on_configure` on its main thread before it starts the workers (seen in its log:
+//! main-thread configure, then "starting workers", then one configure per worker), so keys
+//! created there exist before any request can write them.
+//!
+//! One more property of that host is used, for speed only: the CAS numbers come from one
+//! counter for the whole process, and each write takes the next one. So a worker whose write
+//! went through with CAS `c` can guess that the write got `c + 1` (right unless another write
+//! in the process came between), and make its next update of the key with that guess instead
+//! of reading the key first ([`update_after`]). The host checks the guess: it takes the write
+//! only if the key still holds exactly the guessed write; otherwise nothing changes.
 
 use std::fmt;
 
@@ -92,7 +100,18 @@ pub fn update<T>(
     store: &dyn SharedStore,
     key: &str,
     max_attempts: u32,
+    decide: impl FnMut(&[u8]) -> Step<T>,
+) -> Result<T, UpdateError> {
+    read_decide_write(store, key, max_attempts, decide, |_, _| {})
+}
+
+/// [`update`], then `written(value, cas read)` after a write that went through.
+fn read_decide_write<T>(
+    store: &dyn SharedStore,
+    key: &str,
+    max_attempts: u32,
     mut decide: impl FnMut(&[u8]) -> Step<T>,
+    written: impl FnOnce(Vec<u8>, u32),
 ) -> Result<T, UpdateError> {
     for _ in 0..max_attempts {
         let current = store.get(key).map_err(UpdateError::Store)?.ok_or(UpdateError::Missing)?;
@@ -100,13 +119,107 @@ pub fn update<T>(
             Step::Keep(outcome) => return Ok(outcome),
             // CAS 0 would mean "unconditional"; the host never hands it out for a stored key.
             Step::Write(value, outcome) => match store.set(key, &value, current.cas) {
-                Ok(()) => return Ok(outcome),
+                Ok(()) => {
+                    written(value, current.cas);
+                    return Ok(outcome);
+                }
                 Err(StoreError::CasMismatch) => continue,
                 Err(error) => return Err(UpdateError::Store(error)),
             },
         }
     }
     Err(UpdateError::Contended { attempts: max_attempts })
+}
+
+/// How long a remembered write may be guessed on. The guess relies on CAS numbers not coming
+/// round again, and the host's 32-bit counter needs over 4 billion writes to do that: hours
+/// at any rate Envoy reaches, against this one second.
+const GUESS_FOR_NANOS: u64 = 1_000_000_000;
+
+/// After a wrong guess, the next guesses skipped: 1, 2, 4, … up to this, reset by a right one.
+/// Where other workers write all the time a guess is rarely right, and each wrong one costs a
+/// failed write; so there the guesses cost at most one write in this many updates.
+const MAX_GUESSES_SKIPPED: u32 = 64;
+
+/// What one worker last wrote to a key through [`update_after`], and the CAS the host gave
+/// that write if no other write in the process came between (see the module note).
+#[derive(Debug, Default)]
+pub struct LastWrite {
+    key: String,
+    value: Vec<u8>,
+    /// The CAS the key holds if the guess is right; 0 when nothing is remembered.
+    cas: u32,
+    at_nanos: u64,
+    guesses_to_skip: u32,
+    skip_after_a_miss: u32,
+}
+
+impl LastWrite {
+    fn may_guess(&mut self, key: &str, now_nanos: u64) -> bool {
+        if self.cas == 0 || !crate::bytes::equal(self.key.as_bytes(), key.as_bytes()) {
+            return false;
+        }
+        if now_nanos.checked_sub(self.at_nanos).is_none_or(|age| age >= GUESS_FOR_NANOS) {
+            self.cas = 0;
+            return false;
+        }
+        if self.guesses_to_skip > 0 {
+            self.guesses_to_skip -= 1;
+            return false;
+        }
+        true
+    }
+
+    fn remember(&mut self, key: &str, value: Vec<u8>, cas_read: u32, now_nanos: u64) {
+        if !crate::bytes::equal(self.key.as_bytes(), key.as_bytes()) {
+            self.key.clear();
+            self.key.push_str(key);
+        }
+        self.value = value;
+        // The host's next CAS after `cas_read`, if no other write came between; it skips 0.
+        self.cas = cas_read.wrapping_add(1).max(1);
+        self.at_nanos = now_nanos;
+    }
+
+    fn missed(&mut self) {
+        self.cas = 0;
+        self.skip_after_a_miss = (self.skip_after_a_miss * 2).clamp(1, MAX_GUESSES_SKIPPED);
+        self.guesses_to_skip = self.skip_after_a_miss;
+    }
+}
+
+/// [`update`] that first tries `last`'s guess: when this worker made the last write to `key`
+/// less than a second ago, `decide` runs on the value it wrote, and the new value is written
+/// with the CAS that write most likely got, without reading the key. The host refuses the
+/// write unless the key still holds exactly that write, so the outcome is the same as
+/// [`update`]'s either way: a wrong guess costs one failed write, and then the update reads.
+/// A `Keep` decided on the remembered value is decided again on a fresh read (without a write,
+/// nothing confirms that value was current).
+pub fn update_after<T>(
+    last: &mut LastWrite,
+    store: &dyn SharedStore,
+    key: &str,
+    now_nanos: u64,
+    max_attempts: u32,
+    mut decide: impl FnMut(&[u8]) -> Step<T>,
+) -> Result<T, UpdateError> {
+    if last.may_guess(key, now_nanos) {
+        if let Step::Write(value, outcome) = decide(&last.value) {
+            match store.set(key, &value, last.cas) {
+                Ok(()) => {
+                    let guessed = last.cas;
+                    last.skip_after_a_miss = 0;
+                    last.remember(key, value, guessed, now_nanos);
+                    return Ok(outcome);
+                }
+                Err(StoreError::CasMismatch) => last.missed(),
+                Err(error) => return Err(UpdateError::Store(error)),
+            }
+        }
+    }
+    read_decide_write(store, key, max_attempts, decide, |value, cas_read| {
+        last.remember(key, value, cas_read, now_nanos)
+    })
 }
 
 #[cfg(test)]
@@ -175,6 +288,162 @@ mod tests {
             Step::Write(b"mine".to_vec(), ())
         });
         assert_eq!(result, Err(UpdateError::Contended { attempts: 4 }));
+    }
+
+    /// The store, counting the host calls made to it.
+    #[derive(Default)]
+    struct Counted {
+        store: MemoryStore,
+        gets: std::cell::Cell<u32>,
+        sets: std::cell::Cell<u32>,
+    }
+
+    impl SharedStore for Counted {
+        fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+            self.gets.set(self.gets.get() + 1);
+            self.store.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+            self.sets.set(self.sets.get() + 1);
+            self.store.set(key, value, cas)
+        }
+    }
+
+    const NOW: u64 = 1_764_000_000_000_000_000;
+
+    fn calls(store: &Counted) -> (u32, u32) {
+        (store.gets.replace(0), store.sets.replace(0))
+    }
+
+    #[test]
+    fn the_last_writer_updates_without_a_read() {
+        let store = Counted::default();
+        ensure_exists(&store, "k", b"").unwrap();
+        calls(&store);
+        let mut last = LastWrite::default();
+        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
+        assert_eq!(calls(&store), (1, 1), "the first update reads");
+        for _ in 0..3 {
+            update_after(&mut last, &store, "k", NOW, 3, append(b'b')).unwrap();
+            assert_eq!(calls(&store), (0, 1), "the guessed CAS was right");
+        }
+        assert_eq!(store.get("k").unwrap().unwrap().value, b"abbb");
+    }
+
+    #[test]
+    fn another_workers_write_makes_the_guess_fail_and_the_update_read() {
+        let store = Counted::default();
+        ensure_exists(&store, "k", b"").unwrap();
+        let mut last = LastWrite::default();
+        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
+        store.set("k", b"x", 0).unwrap();
+        calls(&store);
+        update_after(&mut last, &store, "k", NOW, 3, append(b'b')).unwrap();
+        assert_eq!(calls(&store), (1, 2), "one refused write, then read and write");
+        // After a wrong guess the next update does not guess; the one after does again.
+        update_after(&mut last, &store, "k", NOW, 3, append(b'c')).unwrap();
+        assert_eq!(calls(&store), (1, 1));
+        update_after(&mut last, &store, "k", NOW, 3, append(b'd')).unwrap();
+        assert_eq!(calls(&store), (0, 1));
+        assert_eq!(store.get("k").unwrap().unwrap().value, b"xbcd");
+    }
+
+    #[test]
+    fn a_write_to_another_key_makes_the_guess_after_next_fail() {
+        let store = Counted::default();
+        ensure_exists(&store, "k", b"").unwrap();
+        let mut last = LastWrite::default();
+        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
+        update_after(&mut last, &store, "k", NOW, 3, append(b'b')).unwrap();
+        // Before our next write, so that write gets a CAS one further on than guessed.
+        store.set("elsewhere", b"x", 0).unwrap();
+        calls(&store);
+        update_after(&mut last, &store, "k", NOW, 3, append(b'c')).unwrap();
+        assert_eq!(calls(&store), (0, 1), "the key still holds our write");
+        update_after(&mut last, &store, "k", NOW, 3, append(b'd')).unwrap();
+        assert_eq!(calls(&store), (1, 2), "our write's CAS was not the one guessed");
+        assert_eq!(store.get("k").unwrap().unwrap().value, b"abcd");
+    }
+
+    #[test]
+    fn wrong_guesses_in_a_row_are_made_ever_more_rarely() {
+        let store = Counted::default();
+        ensure_exists(&store, "k", b"").unwrap();
+        let mut last = LastWrite::default();
+        let mut refused = 0;
+        for _ in 0..1000 {
+            store.set("elsewhere", b"x", 0).unwrap();
+            calls(&store);
+            update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
+            let (gets, sets) = calls(&store);
+            assert_eq!(gets, 1);
+            refused += sets - 1;
+        }
+        assert_eq!(store.get("k").unwrap().unwrap().value.len(), 1000);
+        // 1, 2, 4, ... 64 skipped after each miss: 7 misses to reach 64, then one in 65.
+        assert!(refused <= 7 + 1000 / 65, "{refused} refused writes");
+    }
+
+    #[test]
+    fn a_kept_value_is_decided_again_on_a_fresh_read() {
+        let store = Counted::default();
+        ensure_exists(&store, "k", b"").unwrap();
+        let mut last = LastWrite::default();
+        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
+        store.store.set("k", b"full", 0).unwrap();
+        calls(&store);
+        let mut seen = Vec::new();
+        let outcome = update_after(&mut last, &store, "k", NOW, 3, |value: &[u8]| {
+            seen.push(value.to_vec());
+            Step::Keep(value.len())
+        });
+        assert_eq!(outcome, Ok(4), "decided on what the key holds, not on the remembered write");
+        assert_eq!(seen, [b"a".to_vec(), b"full".to_vec()]);
+        assert_eq!(calls(&store), (1, 0));
+    }
+
+    #[test]
+    fn a_write_a_second_old_or_another_key_is_not_guessed_on() {
+        let store = Counted::default();
+        ensure_exists(&store, "k", b"").unwrap();
+        ensure_exists(&store, "j", b"").unwrap();
+        let mut last = LastWrite::default();
+        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
+        calls(&store);
+        update_after(&mut last, &store, "j", NOW, 3, append(b'a')).unwrap();
+        assert_eq!(calls(&store), (1, 1), "another key");
+        update_after(&mut last, &store, "j", NOW + 1_000_000_000, 3, append(b'b')).unwrap();
+        assert_eq!(calls(&store), (1, 1), "a second later");
+        update_after(&mut last, &store, "j", NOW + 999_999_999, 3, append(b'c')).unwrap();
+        assert_eq!(calls(&store), (1, 1), "the clock went back");
+        update_after(&mut last, &store, "j", NOW + 1_000_000_000, 3, append(b'd')).unwrap();
+        assert_eq!(calls(&store), (0, 1));
+        assert_eq!(store.get("j").unwrap().unwrap().value, b"abcd");
+    }
+
+    #[test]
+    fn concurrent_guessing_appends_are_never_lost() {
+        let store = std::sync::Arc::new(MemoryStore::default());
+        ensure_exists(store.as_ref(), "k", b"").unwrap();
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut last = LastWrite::default();
+                    for _ in 0..200 {
+                        update_after(&mut last, store.as_ref(), "k", NOW, u32::MAX, append(t)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let value = store.get("k").unwrap().unwrap().value;
+        assert_eq!(value.len(), 8 * 200);
+        for t in 0..8u8 {
+            assert_eq!(value.iter().filter(|&&b| b == t).count(), 200);
+        }
     }
 
     #[test]
