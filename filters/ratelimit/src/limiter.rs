@@ -3,12 +3,12 @@
 //! [`RequestFacts`] and the store through `SharedStore`, so all of it runs in native tests.
 
 use crate::config::{FailurePolicy, HeaderCondition, KeyPart, Match, RateLimitConfig, Rule, Scope};
-use crate::gcra::{Acquire, Limit};
+use crate::gcra::Acquire;
 use crate::table::{self, BucketHasher, BucketId, Outcome};
 use gateway_common::client_ip::from_source_address;
 use gateway_common::path_match::strip_query;
 use gateway_common::request::{ROUTE_NAME, SOURCE_ADDRESS};
-use gateway_common::shared::{update, SharedStore, UpdateError};
+use gateway_common::shared::{update, update_after, LastWrite, SharedStore, UpdateError};
 use std::borrow::Cow;
 
 /// Compare-and-swap attempts per bucket update. Every lost attempt means another worker's
@@ -135,12 +135,15 @@ impl BucketKeys {
 
 /// Evaluates `config`'s local rules in order for one request at `now_nanos`, and lists the
 /// global rules that apply (local rules come first: a flood is shed before the network hop).
-/// `keys` must have been made from `config`.
+/// `keys` must have been made from `config`; `last_writes` holds this worker's last bucket
+/// write per rule (see [`update_after`]: one shared-data read fewer while this worker is the
+/// only one writing), and may be shorter than the rules.
 pub fn evaluate(
     config: &RateLimitConfig,
     facts: &mut dyn RequestFacts,
     store: &dyn SharedStore,
     keys: &BucketKeys,
+    last_writes: &mut [LastWrite],
     now_nanos: u64,
 ) -> Decision {
     let mut checks = Vec::new();
@@ -161,13 +164,21 @@ pub fn evaluate(
         let Some(id) = bucket(prefix.clone(), rule, config, facts) else {
             continue;
         };
-        let mut result = charge(store, &table::group_key(config.groups, id.group), id, rule, limit, now_nanos);
+        let mut last_write = last_writes.get_mut(index);
+        let mut charge = |key: &str, id: BucketId| {
+            let decide = |group: &[u8]| table::decide(group, id, limit, now_nanos);
+            let outcome = match last_write.as_deref_mut() {
+                Some(last) => update_after(last, store, key, now_nanos, MAX_CAS_ATTEMPTS, decide),
+                None => update(store, key, MAX_CAS_ATTEMPTS, decide),
+            };
+            check_result(outcome, rule)
+        };
+        let mut result = charge(&table::group_key(config.groups, id.group), id);
         let overflowed = result == CheckResult::Failed(Failure::TableFull);
         if overflowed {
             // Neither unlimited nor refused: every key without a slot shares one bucket of
             // the rule's own limit, so a flood of new keys gets one key's worth of requests.
-            let id = table::overflow_id(keys.seed, &rule.name, limit);
-            result = charge(store, &table::overflow_key(&rule.name), id, rule, limit, now_nanos);
+            result = charge(&table::overflow_key(&rule.name), table::overflow_id(keys.seed, &rule.name, limit));
         }
         checks.push(Check { rule: index, result, overflowed, quota: None });
         match result {
@@ -184,9 +195,9 @@ pub fn evaluate(
     Decision { verdict: Verdict::Allow, checks, global }
 }
 
-/// One request against the bucket `id` stored under the shared-data key `key`.
-fn charge(store: &dyn SharedStore, key: &str, id: BucketId, rule: &Rule, limit: &Limit, now_nanos: u64) -> CheckResult {
-    match update(store, key, MAX_CAS_ATTEMPTS, |group| table::decide(group, id, limit, now_nanos)) {
+/// What one bucket update means for `rule`.
+fn check_result(outcome: Result<Outcome, UpdateError>, rule: &Rule) -> CheckResult {
+    match outcome {
         Ok(Outcome::Acquired(acquire)) if acquire.allowed => CheckResult::Allowed(acquire),
         Ok(Outcome::Acquired(acquire)) if rule.shadow => CheckResult::ShadowRejected(acquire),
         Ok(Outcome::Acquired(acquire)) => CheckResult::Rejected(acquire),
@@ -313,7 +324,9 @@ mod tests {
     use gateway_common::shared::{StoreError, Versioned};
     use gateway_common::testing::MemoryStore;
     use serde_json::json;
+    use std::cell::RefCell;
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     const SECOND: u64 = 1_000_000_000;
     const NOW: u64 = 1_764_000_000 * SECOND;
@@ -363,21 +376,35 @@ mod tests {
         }
     }
 
+    /// One worker: the compiled config, its bucket keys and its last writes, over a store
+    /// that other workers may share.
     struct Gateway {
         config: RateLimitConfig,
         keys: BucketKeys,
-        store: MemoryStore,
+        store: Arc<MemoryStore>,
+        last_writes: RefCell<Vec<LastWrite>>,
     }
 
     impl Gateway {
         fn new(config: serde_json::Value) -> Gateway {
             let config = RateLimitConfig::parse(config.to_string().as_bytes()).unwrap();
-            let store = MemoryStore::default();
-            create_table(&store, &config, SEED).unwrap();
-            Gateway { keys: BucketKeys::new(SEED, &config), config, store }
+            let store = Arc::new(MemoryStore::default());
+            create_table(store.as_ref(), &config, SEED).unwrap();
+            let last_writes = RefCell::new(config.rules.iter().map(|_| LastWrite::default()).collect());
+            Gateway { keys: BucketKeys::new(SEED, &config), config, store, last_writes }
+        }
+        /// Another worker of the same VM: the same table, its own last writes.
+        fn another_worker(&self) -> Gateway {
+            Gateway {
+                config: self.config.clone(),
+                keys: BucketKeys::new(SEED, &self.config),
+                store: Arc::clone(&self.store),
+                last_writes: RefCell::new(self.config.rules.iter().map(|_| LastWrite::default()).collect()),
+            }
         }
         fn send(&self, request: &Request, at: u64) -> Decision {
-            evaluate(&self.config, &mut request.clone(), &self.store, &self.keys, at)
+            let mut last_writes = self.last_writes.borrow_mut();
+            evaluate(&self.config, &mut request.clone(), self.store.as_ref(), &self.keys, &mut last_writes, at)
         }
         /// How many of `count` identical requests at `at` are let through.
         fn allowed(&self, request: &Request, at: u64, count: usize) -> usize {
@@ -472,6 +499,23 @@ mod tests {
         // Bob's whole /64 is one client: a new address in it cannot mint a fresh bucket.
         assert_eq!(gateway.allowed(&Request::get("/").peer("[2001:db8::2:3]:443"), NOW, 5), 0);
         assert_eq!(gateway.allowed(&Request::get("/").peer("[2001:db8:0:1::1]:443"), NOW, 5), 3, "next /64");
+    }
+
+    /// Each worker guesses that its own last write is still the bucket's state; another
+    /// worker's write in between makes the guess fail at the host, and the update reads.
+    #[test]
+    fn workers_taking_turns_on_one_bucket_share_its_limit_exactly() {
+        let first = Gateway::new(json!({"rules": [
+            rule("all", json!([{"fixed": "all"}]), 10, 10),
+            rule("per-ip", json!(["client_ip"]), 60, 1000),
+        ]}));
+        let second = first.another_worker();
+        let request = Request::get("/");
+        let turns = [&first, &first, &second, &first, &second, &second, &second, &first];
+        let allowed: usize = turns.iter().cycle().take(16).map(|worker| worker.allowed(&request, NOW, 1)).sum();
+        assert_eq!(allowed, 10);
+        assert_eq!(first.allowed(&request, NOW + 6 * SECOND, 3), 1, "one request refilled, whoever asks");
+        assert_eq!(second.allowed(&request, NOW + 6 * SECOND, 3), 0);
     }
 
     #[test]
@@ -586,7 +630,7 @@ mod tests {
             rule("b", json!([{"header": "x-k"}, "route"]), 60, 10),
         ]}));
         let mut request = Request::get("/").header("x-k", "1").route("r");
-        evaluate(&gateway.config, &mut request, &gateway.store, &gateway.keys, NOW);
+        evaluate(&gateway.config, &mut request, gateway.store.as_ref(), &gateway.keys, &mut [], NOW);
         request.reads.dedup();
         request.reads.sort();
         request.reads.dedup();
@@ -623,7 +667,7 @@ mod tests {
             let config = json!({"failure_policy": policy, "rules": [rule("r", json!(["client_ip"]), 60, 1)]});
             let config = RateLimitConfig::parse(config.to_string().as_bytes()).unwrap();
             let decision =
-                evaluate(&config, &mut Request::get("/"), &BrokenStore, &BucketKeys::new(SEED, &config), NOW);
+                evaluate(&config, &mut Request::get("/"), &BrokenStore, &BucketKeys::new(SEED, &config), &mut [], NOW);
             assert_eq!(decision.verdict, expected);
             assert_eq!(decision.checks[0].result, CheckResult::Failed(Failure::Store));
         }
@@ -685,7 +729,7 @@ mod tests {
             RateLimitConfig::parse(json!({"rules": [rule("r", json!(["client_ip"]), 60, 1)]}).to_string().as_bytes())
                 .unwrap();
         let store = MemoryStore::default();
-        let decision = evaluate(&config, &mut Request::get("/"), &store, &BucketKeys::new(SEED, &config), NOW);
+        let decision = evaluate(&config, &mut Request::get("/"), &store, &BucketKeys::new(SEED, &config), &mut [], NOW);
         assert_eq!(decision.checks[0].result, CheckResult::Failed(Failure::Store));
         assert_eq!(store.get(&table::group_key(config.groups, 0)).unwrap(), None, "nothing created by a request");
     }

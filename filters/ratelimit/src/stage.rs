@@ -11,8 +11,9 @@ use gateway_common::host::{publish_log_field, HeaderMap, Host};
 use gateway_common::log_fields;
 use gateway_common::request::Request;
 use gateway_common::response::error_body;
+use gateway_common::shared::LastWrite;
 use gateway_common::stage::{Flow, Stage, StageStream};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -58,16 +59,24 @@ pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, St
         })
         .collect();
     let keys = limiter::BucketKeys::new(seed, &config);
-    let worker =
-        Worker { config, keys, counters, logged_failures: Default::default(), logged_no_clock: Cell::new(false) };
+    let last_writes = RefCell::new(config.rules.iter().map(|_| LastWrite::default()).collect());
+    let worker = Worker {
+        config,
+        keys,
+        last_writes,
+        counters,
+        logged_failures: Default::default(),
+        logged_no_clock: Cell::new(false),
+    };
     Ok(Box::new(RateLimitStage { worker: Rc::new(worker) }))
 }
 
-/// What one VM (one Envoy worker) keeps: the compiled config, the table's hash keys, and its
-/// metrics.
+/// What one VM (one Envoy worker) keeps: the compiled config, the table's hash keys, its last
+/// bucket write per rule, and its metrics.
 struct Worker {
     config: RateLimitConfig,
     keys: limiter::BucketKeys,
+    last_writes: RefCell<Vec<LastWrite>>,
     /// Per rule: one counter for each of [`DECISIONS`], then one for each of [`FAILURES`].
     counters: Vec<[BatchedCounter; COUNTERS]>,
     /// Failures are logged once per worker and kind, then only counted: a flood must not
@@ -119,7 +128,13 @@ impl StageStream for RateLimitStream {
             }
             return Flow::Continue;
         };
-        let mut decision = limiter::evaluate(&worker.config, request, host.shared_data(), &worker.keys, now);
+        let mut decision = {
+            // Nothing else borrows it: a worker runs one callback at a time. Were it borrowed,
+            // the updates would just read the buckets, as without a remembered write.
+            let mut last_writes = worker.last_writes.try_borrow_mut();
+            let last_writes = last_writes.as_deref_mut().map_or(&mut [][..], Vec::as_mut_slice);
+            limiter::evaluate(&worker.config, request, host.shared_data(), &worker.keys, last_writes, now)
+        };
         if let (Some(service), false) = (&worker.config.rate_limit_service, decision.global.is_empty()) {
             let message = global::request_message(&service.domain, &decision.global);
             match host.grpc_call(&service.cluster, global::SERVICE, global::METHOD, &message, service.timeout) {

@@ -3,6 +3,9 @@
 //! call (get or set) happen at a time, in an order it chooses. Every possible order is
 //! explored. In each one the number of admitted requests must be exactly
 //! `min(requests, burst)` (no lost and no double grant), and the stored bucket must agree.
+//! A worker that sends more than one request guesses, from its last write, what the bucket
+//! holds (`shared::update_after`): the orders include every guess that another worker's
+//! write made wrong.
 //!
 //! The same checker run on the naive protocol (create the key on first use) finds the
 //! host's absent-key race, which is why the filter creates its table in `on_configure`.
@@ -10,7 +13,7 @@
 // Test code: a failed unwrap or index is a failed test, which is what it should be.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 
-use gateway_common::shared::{SharedStore, StoreError, Versioned};
+use gateway_common::shared::{LastWrite, SharedStore, StoreError, Versioned};
 use gateway_common::testing::MemoryStore;
 use ratelimit_filter::config::RateLimitConfig;
 use ratelimit_filter::limiter::{create_table, evaluate, BucketKeys, CheckResult, RequestFacts, Verdict};
@@ -128,12 +131,13 @@ fn config(burst: u64) -> Arc<RateLimitConfig> {
     Arc::new(RateLimitConfig::parse(config.to_string().as_bytes()).unwrap())
 }
 
-/// Runs `workers` concurrent requests under one schedule. `choices` is the schedule so far
-/// (extended with 0 where it runs out); returns the admitted count and, per choice point,
-/// how many candidates there were.
+/// Runs `workers` concurrent workers, each sending `requests` requests one after the other,
+/// under one schedule. `choices` is the schedule so far (extended with 0 where it runs out);
+/// returns the admitted count and, per choice point, how many candidates there were.
 fn run_schedule(
     burst: u64,
     workers: usize,
+    requests: usize,
     precreate: bool,
     choices: &[usize],
 ) -> (usize, Vec<usize>, Arc<ScheduledStore>) {
@@ -148,13 +152,18 @@ fn run_schedule(
             std::thread::spawn(move || {
                 WORKER.with(|cell| cell.set(worker));
                 let keys = BucketKeys::new(SEED, &config);
-                let decision = evaluate(&config, &mut Request, store.as_ref(), &keys, NOW);
+                let mut last_writes = [LastWrite::default()];
+                let mut admitted = 0;
+                for _ in 0..requests {
+                    let decision = evaluate(&config, &mut Request, store.as_ref(), &keys, &mut last_writes, NOW);
+                    assert!(
+                        !matches!(decision.checks.first().map(|c| c.result), Some(CheckResult::Failed(_))),
+                        "{decision:?}"
+                    );
+                    admitted += usize::from(decision.verdict == Verdict::Allow);
+                }
                 store.finish();
-                assert!(
-                    !matches!(decision.checks.first().map(|c| c.result), Some(CheckResult::Failed(_))),
-                    "{decision:?}"
-                );
-                decision.verdict == Verdict::Allow
+                admitted
             })
         })
         .collect();
@@ -166,17 +175,23 @@ fn run_schedule(
         position += 1;
         choice
     }) {}
-    let admitted = handles.into_iter().map(|handle| handle.join().unwrap()).filter(|&allowed| allowed).count();
+    let admitted = handles.into_iter().map(|handle| handle.join().unwrap()).sum();
     (admitted, widths, store)
 }
 
 /// Explores every schedule depth-first; calls `check` with each outcome. Returns how many
 /// schedules were run.
-fn explore(burst: u64, workers: usize, precreate: bool, mut check: impl FnMut(usize, &ScheduledStore)) -> usize {
+fn explore(
+    burst: u64,
+    workers: usize,
+    requests: usize,
+    precreate: bool,
+    mut check: impl FnMut(usize, &ScheduledStore),
+) -> usize {
     let mut choices: Vec<usize> = Vec::new();
     let mut schedules = 0;
     loop {
-        let (admitted, widths, store) = run_schedule(burst, workers, precreate, &choices);
+        let (admitted, widths, store) = run_schedule(burst, workers, requests, precreate, &choices);
         schedules += 1;
         check(admitted, &store);
         // Next schedule: bump the last choice point that has an untried candidate.
@@ -213,7 +228,7 @@ fn every_interleaving_grants_exactly_the_burst() {
     // Four workers means 310,872 schedules (five minutes); three show every kind of race.
     for (workers, burst) in [(2, 1), (3, 1), (3, 2), (3, 3)] {
         let expected = workers.min(burst as usize);
-        let schedules = explore(burst, workers, true, |admitted, store| {
+        let schedules = explore(burst, workers, 1, true, |admitted, store| {
             assert_eq!(admitted, expected, "{workers} workers, burst {burst}");
             assert_eq!(stored_requests(store), expected as u64, "stored state matches the grants");
         });
@@ -224,9 +239,25 @@ fn every_interleaving_grants_exactly_the_burst() {
 }
 
 #[test]
+fn every_interleaving_of_guessed_writes_grants_exactly_the_burst() {
+    // Each worker's second request guesses the bucket from its first write, without a read;
+    // in some orders the other worker wrote in between and the host refuses the guess.
+    for (workers, requests, burst) in [(2, 2, 1), (2, 2, 2), (2, 2, 3), (2, 2, 4), (2, 3, 4)] {
+        let expected = (workers * requests).min(burst as usize);
+        let schedules = explore(burst, workers, requests, true, |admitted, store| {
+            assert_eq!(admitted, expected, "{workers} workers x {requests} requests, burst {burst}");
+            assert_eq!(stored_requests(store), expected as u64, "stored state matches the grants");
+        });
+        println!(
+            "{workers} workers x {requests} requests, burst {burst}: {schedules} schedules, always {expected} admitted"
+        );
+    }
+}
+
+#[test]
 fn the_checker_finds_the_absent_key_race_of_create_on_first_use() {
     let mut double_grants = 0;
-    let schedules = explore(1, 2, false, |admitted, _| {
+    let schedules = explore(1, 2, 1, false, |admitted, _| {
         assert!(admitted >= 1);
         if admitted > 1 {
             double_grants += 1;
