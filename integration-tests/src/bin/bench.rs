@@ -36,6 +36,8 @@ struct Settings {
     only: Vec<String>,
     /// Each wrk connection waits this long after an answer (`BENCH_PACE_MS`, 0: none).
     pace_ms: Option<u32>,
+    /// Every round starts each variant's Envoy afresh (`BENCH_FRESH_ENVOY=1`).
+    fresh_envoy: bool,
 }
 
 impl Settings {
@@ -54,6 +56,11 @@ impl Settings {
             // 5 ms after an answer: about 1,300 requests a second); the default drives each
             // Envoy as fast as it answers, as the published figures were measured.
             pace_ms: Some(number("BENCH_PACE_MS", 0) as u32).filter(|pace| *pace > 0),
+            // One Envoy process compiles a module once, and where V8 puts that code (and how it
+            // then shares the caches with Envoy's own) stays for the process's life: a variant
+            // measured in one process per run can come out several µs cheaper or dearer in the
+            // next run. A fresh Envoy every round spreads the rounds over as many placements.
+            fresh_envoy: number("BENCH_FRESH_ENVOY", 0) == 1,
             only: std::env::var("BENCH_ONLY")
                 .unwrap_or_default()
                 .split(',')
@@ -68,6 +75,8 @@ struct Variant {
     name: &'static str,
     description: &'static str,
     envoy: Envoy,
+    /// Envoy's configuration, to start it afresh (`BENCH_FRESH_ENVOY`).
+    config: String,
     /// The wrk script that shapes this variant's requests, if any.
     script: Option<(&'static str, &'static [&'static str])>,
     /// The request path wrk sends.
@@ -205,15 +214,19 @@ fn main() {
     .unwrap_or_else(|e| panic!("cannot start the backend: {e}"));
     let base = || Gateway::new().cluster("users", &[backend.port()]).route("users", "/users", "users");
 
-    let start = |name, description, gateway: Gateway| Variant {
-        name,
-        description,
-        envoy: Envoy::start(&gateway.render(), 1),
-        script: None,
-        path: "/users/1",
-        headers: vec![],
-        helpers: vec![],
-        rounds: vec![],
+    let start = |name, description, gateway: Gateway| {
+        let config = gateway.render();
+        Variant {
+            name,
+            description,
+            envoy: Envoy::start(&config, 1),
+            config,
+            script: None,
+            path: "/users/1",
+            headers: vec![],
+            helpers: vec![],
+            rounds: vec![],
+        }
     };
     let distinct_keys = Some(("distinct_keys.lua", &["x-client"][..]));
     let mut variants = vec![
@@ -493,8 +506,9 @@ fn main() {
     let pacing = settings.pace_ms.map_or("as fast as Envoy answers".to_string(), |pace| {
         format!("each connection waits {pace} ms after an answer")
     });
+    let processes = if settings.fresh_envoy { "a fresh Envoy every round" } else { "one Envoy per variant" };
     println!(
-        "bench: {} rounds x {} s per variant, wrk -t1 -c{} ({pacing}), Envoy --concurrency 1",
+        "bench: {} rounds x {} s per variant, wrk -t1 -c{} ({pacing}), Envoy --concurrency 1, {processes}",
         settings.rounds, settings.seconds, settings.connections
     );
     for variant in &variants {
@@ -502,6 +516,11 @@ fn main() {
     }
     for round in 0..settings.rounds {
         for variant in &mut variants {
+            if settings.fresh_envoy && round > 0 {
+                variant.envoy = Envoy::start(&variant.config, 1);
+                drive(&wrk, variant, 1, settings.connections, settings.pace_ms);
+                // warm-up
+            }
             let measured = measure(&wrk, variant, &settings);
             eprintln!(
                 "round {} {:>12}: {:>8.0} req, {:>6.1} us CPU/req, p50 {:.3} ms, p99 {:.3} ms",
