@@ -315,83 +315,82 @@ mod tests {
         (store.gets.replace(0), store.sets.replace(0))
     }
 
+    /// A store with key `k`, after one update by `last` that appended `a`; no calls counted.
+    fn written_once() -> (Counted, LastWrite) {
+        let store = Counted::default();
+        ensure_exists(&store, "k", b"").unwrap();
+        let mut last = LastWrite::default();
+        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
+        calls(&store);
+        (store, last)
+    }
+
+    /// Appends `byte` to `k` at `now` through `last`; returns the (gets, sets) it made.
+    fn append_after(last: &mut LastWrite, store: &Counted, now: u64, byte: u8) -> (u32, u32) {
+        update_after(last, store, "k", now, 3, append(byte)).unwrap();
+        calls(store)
+    }
+
+    fn value(store: &Counted) -> Vec<u8> {
+        store.store.get("k").unwrap().unwrap().value
+    }
+
     #[test]
     fn the_last_writer_updates_without_a_read() {
         let store = Counted::default();
         ensure_exists(&store, "k", b"").unwrap();
         calls(&store);
         let mut last = LastWrite::default();
-        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
-        assert_eq!(calls(&store), (1, 1), "the first update reads");
+        assert_eq!(append_after(&mut last, &store, NOW, b'a'), (1, 1), "the first update reads");
         for _ in 0..3 {
-            update_after(&mut last, &store, "k", NOW, 3, append(b'b')).unwrap();
-            assert_eq!(calls(&store), (0, 1), "the guessed CAS was right");
+            assert_eq!(append_after(&mut last, &store, NOW, b'b'), (0, 1), "the guessed CAS was right");
         }
-        assert_eq!(store.get("k").unwrap().unwrap().value, b"abbb");
+        assert_eq!(value(&store), b"abbb");
     }
 
     #[test]
     fn another_workers_write_makes_the_guess_fail_and_the_update_read() {
-        let store = Counted::default();
-        ensure_exists(&store, "k", b"").unwrap();
-        let mut last = LastWrite::default();
-        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
-        store.set("k", b"x", 0).unwrap();
-        calls(&store);
-        update_after(&mut last, &store, "k", NOW, 3, append(b'b')).unwrap();
-        assert_eq!(calls(&store), (1, 2), "one refused write, then read and write");
+        let (store, mut last) = written_once();
+        store.store.set("k", b"x", 0).unwrap();
+        assert_eq!(append_after(&mut last, &store, NOW, b'b'), (1, 2), "one refused write, then read and write");
         // After a wrong guess the next update does not guess; the one after does again.
-        update_after(&mut last, &store, "k", NOW, 3, append(b'c')).unwrap();
-        assert_eq!(calls(&store), (1, 1));
-        update_after(&mut last, &store, "k", NOW, 3, append(b'd')).unwrap();
-        assert_eq!(calls(&store), (0, 1));
-        assert_eq!(store.get("k").unwrap().unwrap().value, b"xbcd");
+        assert_eq!(append_after(&mut last, &store, NOW, b'c'), (1, 1));
+        assert_eq!(append_after(&mut last, &store, NOW, b'd'), (0, 1));
+        assert_eq!(value(&store), b"xbcd");
     }
 
     #[test]
     fn a_write_to_another_key_makes_the_guess_after_next_fail() {
-        let store = Counted::default();
-        ensure_exists(&store, "k", b"").unwrap();
-        let mut last = LastWrite::default();
-        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
-        update_after(&mut last, &store, "k", NOW, 3, append(b'b')).unwrap();
+        let (store, mut last) = written_once();
+        assert_eq!(append_after(&mut last, &store, NOW, b'b'), (0, 1));
         // Before our next write, so that write gets a CAS one further on than guessed.
-        store.set("elsewhere", b"x", 0).unwrap();
-        calls(&store);
-        update_after(&mut last, &store, "k", NOW, 3, append(b'c')).unwrap();
-        assert_eq!(calls(&store), (0, 1), "the key still holds our write");
-        update_after(&mut last, &store, "k", NOW, 3, append(b'd')).unwrap();
-        assert_eq!(calls(&store), (1, 2), "our write's CAS was not the one guessed");
-        assert_eq!(store.get("k").unwrap().unwrap().value, b"abcd");
+        store.store.set("elsewhere", b"x", 0).unwrap();
+        assert_eq!(append_after(&mut last, &store, NOW, b'c'), (0, 1), "the key still holds our write");
+        assert_eq!(append_after(&mut last, &store, NOW, b'd'), (1, 2), "our write's CAS was not the one guessed");
+        assert_eq!(value(&store), b"abcd");
     }
 
     #[test]
     fn wrong_guesses_in_a_row_are_made_ever_more_rarely() {
-        let store = Counted::default();
-        ensure_exists(&store, "k", b"").unwrap();
-        let mut last = LastWrite::default();
+        let (store, mut last) = written_once();
+        // Another worker appends between every two of ours.
+        let mut other = LastWrite::default();
         let mut refused = 0;
         for _ in 0..1000 {
-            store.set("elsewhere", b"x", 0).unwrap();
-            calls(&store);
-            update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
-            let (gets, sets) = calls(&store);
-            assert_eq!(gets, 1);
+            update_after(&mut other, &store.store, "k", NOW, 3, append(b'o')).unwrap();
+            let (gets, sets) = append_after(&mut last, &store, NOW, b'a');
+            assert_eq!(gets, 1, "the other worker wrote last");
             refused += sets - 1;
         }
-        assert_eq!(store.get("k").unwrap().unwrap().value.len(), 1000);
+        assert_eq!(value(&store).len(), 2001);
         // 1, 2, 4, ... 64 skipped after each miss: 7 misses to reach 64, then one in 65.
         assert!(refused <= 7 + 1000 / 65, "{refused} refused writes");
     }
 
     #[test]
     fn a_kept_value_is_decided_again_on_a_fresh_read() {
-        let store = Counted::default();
-        ensure_exists(&store, "k", b"").unwrap();
-        let mut last = LastWrite::default();
-        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
+        let (store, mut last) = written_once();
         store.store.set("k", b"full", 0).unwrap();
-        calls(&store);
         let mut seen = Vec::new();
         let outcome = update_after(&mut last, &store, "k", NOW, 3, |value: &[u8]| {
             seen.push(value.to_vec());
@@ -403,26 +402,21 @@ mod tests {
     }
 
     #[test]
-    fn a_write_a_second_old_or_another_key_is_not_guessed_on() {
-        let store = Counted::default();
-        ensure_exists(&store, "k", b"").unwrap();
-        ensure_exists(&store, "j", b"").unwrap();
-        let mut last = LastWrite::default();
-        update_after(&mut last, &store, "k", NOW, 3, append(b'a')).unwrap();
-        calls(&store);
+    fn a_write_a_second_old_or_to_another_key_is_not_guessed_on() {
+        let (store, mut last) = written_once();
+        ensure_exists(&store.store, "j", b"").unwrap();
         update_after(&mut last, &store, "j", NOW, 3, append(b'a')).unwrap();
         assert_eq!(calls(&store), (1, 1), "another key");
-        update_after(&mut last, &store, "j", NOW + 1_000_000_000, 3, append(b'b')).unwrap();
-        assert_eq!(calls(&store), (1, 1), "a second later");
-        update_after(&mut last, &store, "j", NOW + 999_999_999, 3, append(b'c')).unwrap();
-        assert_eq!(calls(&store), (1, 1), "the clock went back");
-        update_after(&mut last, &store, "j", NOW + 1_000_000_000, 3, append(b'd')).unwrap();
-        assert_eq!(calls(&store), (0, 1));
-        assert_eq!(store.get("j").unwrap().unwrap().value, b"abcd");
+        let second = 1_000_000_000;
+        assert_eq!(append_after(&mut last, &store, NOW + second, b'b'), (1, 1), "a second later");
+        assert_eq!(append_after(&mut last, &store, NOW + second - 1, b'c'), (1, 1), "the clock went back");
+        assert_eq!(append_after(&mut last, &store, NOW + second, b'd'), (0, 1));
+        assert_eq!(value(&store), b"abcd");
     }
 
-    #[test]
-    fn concurrent_guessing_appends_are_never_lost() {
+    /// Eight threads, each appending its own byte 200 times through `append_once` (the
+    /// `LastWrite` is the thread's own); none may be lost.
+    fn assert_no_append_lost(append_once: fn(&MemoryStore, &mut LastWrite, u8)) {
         let store = std::sync::Arc::new(MemoryStore::default());
         ensure_exists(store.as_ref(), "k", b"").unwrap();
         let threads: Vec<_> = (0..8u8)
@@ -431,7 +425,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut last = LastWrite::default();
                     for _ in 0..200 {
-                        update_after(&mut last, store.as_ref(), "k", NOW, u32::MAX, append(t)).unwrap();
+                        append_once(store.as_ref(), &mut last, t);
                     }
                 })
             })
@@ -448,25 +442,7 @@ mod tests {
 
     #[test]
     fn concurrent_appends_are_never_lost() {
-        let store = std::sync::Arc::new(MemoryStore::default());
-        ensure_exists(store.as_ref(), "k", b"").unwrap();
-        let threads: Vec<_> = (0..8u8)
-            .map(|t| {
-                let store = store.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..200 {
-                        update(store.as_ref(), "k", u32::MAX, append(t)).unwrap();
-                    }
-                })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().unwrap();
-        }
-        let value = store.get("k").unwrap().unwrap().value;
-        assert_eq!(value.len(), 8 * 200);
-        for t in 0..8u8 {
-            assert_eq!(value.iter().filter(|&&b| b == t).count(), 200);
-        }
+        assert_no_append_lost(|store, _, t| update(store, "k", u32::MAX, append(t)).unwrap());
+        assert_no_append_lost(|store, last, t| update_after(last, store, "k", NOW, u32::MAX, append(t)).unwrap());
     }
 }
