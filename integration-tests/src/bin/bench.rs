@@ -518,8 +518,8 @@ fn main() {
         for variant in &mut variants {
             if settings.fresh_envoy && round > 0 {
                 variant.envoy = Envoy::start(&variant.config, 1);
+                // Warm-up, as for the first round.
                 drive(&wrk, variant, 1, settings.connections, settings.pace_ms);
-                // warm-up
             }
             let measured = measure(&wrk, variant, &settings);
             eprintln!(
