@@ -13,102 +13,184 @@
 //! - On 429: `Retry-After` in whole seconds, rounded up so a client that waits that long is
 //!   admitted.
 
-use crate::config::{RateLimitConfig, Scope};
+use crate::config::{RateLimitConfig, Rule, Scope};
 use crate::gcra::Acquire;
 use crate::limiter::{Check, CheckResult};
 
-/// One rule in the headers.
-struct Reported<'a> {
-    name: &'a str,
-    /// The policy's quota (`q`, what `remaining` counts down from: the legacy
-    /// `X-RateLimit-Limit`) and window (`w`, seconds).
-    quota: u64,
-    window_seconds: u64,
-    acquire: &'a Acquire,
+/// The parts of each rule's items that are the same on every response, written once per
+/// configuration: the headers go on every response, and writing a local rule's whole policy
+/// item (its window needs a 128-bit division) each time cost more code than copying it.
+pub struct HeaderTexts {
+    /// By rule index.
+    rules: Vec<RuleTexts>,
+}
+
+struct RuleTexts {
+    policy: Policy,
+    /// `"name";r=`: the start of the rule's `RateLimit` item.
+    state_prefix: String,
+}
+
+enum Policy {
+    /// A local rule's whole `RateLimit-Policy` item: `"name";q=20;w=60`.
+    Local(String),
+    /// A local rule whose numbers are over what a structured field can carry: the headers are
+    /// left out rather than wrong.
+    TooLarge,
+    /// A global rule: the rate limit service reports its limit with each answer.
+    Global,
+}
+
+impl HeaderTexts {
+    pub fn new(config: &RateLimitConfig) -> HeaderTexts {
+        let rules = config
+            .rules
+            .iter()
+            .map(|rule| {
+                let policy = match &rule.scope {
+                    Scope::Local { limit } => {
+                        let mut item = String::new();
+                        let parameters = [("q", limit.burst), ("w", limit.refill_window_seconds())];
+                        if push_item(&mut item, &rule.name, parameters) {
+                            Policy::Local(item)
+                        } else {
+                            Policy::TooLarge
+                        }
+                    }
+                    Scope::Global => Policy::Global,
+                };
+                RuleTexts { policy, state_prefix: state_prefix(&rule.name) }
+            })
+            .collect();
+        HeaderTexts { rules }
+    }
 }
 
 /// The headers describing every applied rule that has `headers` on. A global rule is
 /// described by the limit the rate limit service reported (`q` = its requests per unit,
 /// `w` = the unit in seconds); the service may also report no limit, and then nothing is said.
-pub fn rate_limit_headers(config: &RateLimitConfig, checks: &[Check]) -> Vec<(&'static str, String)> {
-    // Walked again for each header rather than collected: this runs on every request.
-    let reported = || {
-        checks.iter().filter_map(|check| {
-            let rule = config.rules.get(check.rule).filter(|rule| rule.headers)?;
-            let acquire = match &check.result {
-                CheckResult::Allowed(acquire)
-                | CheckResult::Rejected(acquire)
-                | CheckResult::ShadowRejected(acquire) => acquire,
-                CheckResult::Failed(_) => return None,
-            };
-            let (quota, window_seconds) = match (&rule.scope, check.quota) {
-                (Scope::Local { limit }, _) => (limit.burst, limit.refill_window_seconds()),
-                (Scope::Global, Some(quota)) => (quota.limit, quota.window_seconds),
-                (Scope::Global, None) => return None,
-            };
-            Some(Reported { name: &rule.name, quota, window_seconds, acquire })
-        })
-    };
-    if reported().next().is_none() {
-        return Vec::new();
-    }
-    let (Some(policy), Some(state)) = (
-        structured_list(reported(), |rule| [("q", rule.quota), ("w", rule.window_seconds)]),
-        structured_list(reported(), |rule| [("r", rule.acquire.remaining), ("t", rule.acquire.reset_seconds)]),
-    ) else {
-        return Vec::new();
-    };
-    let mut headers = vec![("ratelimit-policy", policy), ("ratelimit", state)];
-    if config.legacy_headers {
-        // The rule closest to its limit is the one a client must respect.
-        if let Some(rule) = reported().min_by_key(|rule| rule.acquire.remaining) {
-            let mut digits = itoa::Buffer::new();
-            headers.push(("x-ratelimit-limit", digits.format(rule.quota).to_string()));
-            headers.push(("x-ratelimit-remaining", digits.format(rule.acquire.remaining).to_string()));
-            headers.push(("x-ratelimit-reset", digits.format(rule.acquire.reset_seconds).to_string()));
+pub fn rate_limit_headers(
+    config: &RateLimitConfig,
+    texts: &HeaderTexts,
+    checks: &[Check],
+) -> Vec<(&'static str, String)> {
+    let mut policy = String::new();
+    let mut state = String::new();
+    for check in checks {
+        let (Some((rule, acquire)), Some(rule_texts)) = (applied(config, check), texts.rules.get(check.rule)) else {
+            continue;
+        };
+        let separator = if policy.is_empty() { "" } else { ", " };
+        match (&rule_texts.policy, check.quota) {
+            (Policy::Local(item), _) => {
+                policy.push_str(separator);
+                policy.push_str(item);
+            }
+            (Policy::Global, Some(quota)) => {
+                policy.push_str(separator);
+                if !push_item(&mut policy, &rule.name, [("q", quota.limit), ("w", quota.window_seconds)]) {
+                    return Vec::new();
+                }
+            }
+            (Policy::Global, None) => continue,
+            (Policy::TooLarge, _) => return Vec::new(),
+        }
+        state.push_str(separator);
+        if !push_state(&mut state, &rule_texts.state_prefix, acquire) {
+            return Vec::new();
         }
     }
+    if policy.is_empty() {
+        return Vec::new();
+    }
+    let mut headers = vec![("ratelimit-policy", policy), ("ratelimit", state)];
+    if config.legacy_headers {
+        push_legacy_headers(config, checks, &mut headers);
+    }
     headers
+}
+
+/// The rule of a check and what it acquired, when the rule's headers are on and the check
+/// did not fail.
+fn applied<'a>(config: &'a RateLimitConfig, check: &'a Check) -> Option<(&'a Rule, &'a Acquire)> {
+    let rule = config.rules.get(check.rule).filter(|rule| rule.headers)?;
+    match &check.result {
+        CheckResult::Allowed(acquire) | CheckResult::Rejected(acquire) | CheckResult::ShadowRejected(acquire) => {
+            Some((rule, acquire))
+        }
+        CheckResult::Failed(_) => None,
+    }
+}
+
+/// The legacy single-valued headers, for the rule closest to its limit (the one a client
+/// must respect). Kept out of line: few configurations turn them on.
+#[inline(never)]
+fn push_legacy_headers(config: &RateLimitConfig, checks: &[Check], headers: &mut Vec<(&'static str, String)>) {
+    let tightest = checks
+        .iter()
+        .filter_map(|check| {
+            let (rule, acquire) = applied(config, check)?;
+            let quota = match (&rule.scope, check.quota) {
+                (Scope::Local { limit }, _) => limit.burst,
+                (Scope::Global, Some(quota)) => quota.limit,
+                (Scope::Global, None) => return None,
+            };
+            Some((quota, acquire))
+        })
+        .min_by_key(|(_, acquire)| acquire.remaining);
+    if let Some((quota, acquire)) = tightest {
+        let mut digits = itoa::Buffer::new();
+        headers.push(("x-ratelimit-limit", digits.format(quota).to_string()));
+        headers.push(("x-ratelimit-remaining", digits.format(acquire.remaining).to_string()));
+        headers.push(("x-ratelimit-reset", digits.format(acquire.reset_seconds).to_string()));
+    }
 }
 
 /// The largest RFC 8941 Integer (§3.3.1: at most 15 digits).
 const MAX_STRUCTURED_INTEGER: u64 = 999_999_999_999_999;
 
-/// An RFC 8941 List with one String item per rule (its name) and two Integer parameters,
-/// written directly: this runs on every request, and rule names are `[A-Za-z0-9_-]`
-/// (checked at configuration), which a String item carries without escapes. `None` if an
-/// integer is over what a structured field can carry: the headers are left out rather than
-/// wrong. The tests read every shape back with an independent RFC 8941 parser.
-fn structured_list<'a>(
-    reported: impl Iterator<Item = Reported<'a>>,
-    parameters: impl Fn(&Reported) -> [(&'static str, u64); 2],
-) -> Option<String> {
-    let mut text = String::with_capacity(64);
-    let mut digits = itoa::Buffer::new();
-    for (index, rule) in reported.enumerate() {
-        if index > 0 {
-            text.push_str(", ");
-        }
-        text.push('"');
-        text.push_str(rule.name);
-        text.push('"');
-        for (key, value) in parameters(&rule) {
-            if value > MAX_STRUCTURED_INTEGER {
-                return None;
-            }
-            text.push(';');
-            text.push_str(key);
-            text.push('=');
-            text.push_str(digits.format(value));
-        }
+/// Appends an RFC 8941 String item (the rule's name) with two Integer parameters, written
+/// directly: rule names are `[A-Za-z0-9_-]` (checked at configuration), which a String item
+/// carries without escapes. False if an integer is over what a structured field can carry.
+/// The tests read every shape back with an independent RFC 8941 parser.
+fn push_item(text: &mut String, name: &str, parameters: [(&str, u64); 2]) -> bool {
+    text.push('"');
+    text.push_str(name);
+    text.push('"');
+    parameters.into_iter().all(|(key, value)| {
+        text.push(';');
+        text.push_str(key);
+        text.push('=');
+        push_integer(text, value)
+    })
+}
+
+fn state_prefix(name: &str) -> String {
+    format!("\"{name}\";r=")
+}
+
+/// A rule's `RateLimit` item: `"name";r=19;t=3`.
+fn push_state(text: &mut String, prefix: &str, acquire: &Acquire) -> bool {
+    text.push_str(prefix);
+    if !push_integer(text, acquire.remaining) {
+        return false;
     }
-    Some(text)
+    text.push_str(";t=");
+    push_integer(text, acquire.reset_seconds)
+}
+
+fn push_integer(text: &mut String, value: u64) -> bool {
+    if value > MAX_STRUCTURED_INTEGER {
+        return false;
+    }
+    text.push_str(itoa::Buffer::new().format(value));
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limiter::Failure;
+    use crate::limiter::{Failure, Quota};
     use serde_json::json;
 
     fn config(legacy: bool) -> RateLimitConfig {
@@ -132,7 +214,7 @@ mod tests {
             Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)), overflowed: false, quota: None },
         ];
         assert_eq!(
-            rate_limit_headers(&config(false), &checks),
+            rate_limit_headers(&config(false), &HeaderTexts::new(&config(false)), &checks),
             [
                 ("ratelimit-policy", "\"per-ip\";q=100;w=60, \"burst\";q=25;w=3".to_string()),
                 ("ratelimit", "\"per-ip\";r=99;t=1, \"burst\";r=0;t=3".to_string()),
@@ -163,31 +245,69 @@ mod tests {
     fn headers_are_structured_field_lists_for_every_name_and_integer_shape() {
         let names = ["a", "per-ip", "Rule_9", &"x".repeat(64), "-_-"];
         for name in names {
-            for (remaining, reset) in [(0, 0), (7, 1), (MAX_STRUCTURED_INTEGER, MAX_STRUCTURED_INTEGER)] {
-                let acquire = acquired(remaining, reset);
-                let reported = [
-                    Reported { name, quota: remaining, window_seconds: reset, acquire: &acquire },
-                    Reported { name: "second", quota: 1, window_seconds: 2, acquire: &acquire },
-                ];
-                let state = structured_list(reported.into_iter(), |rule| {
-                    [("r", rule.acquire.remaining), ("t", rule.acquire.reset_seconds)]
-                })
-                .unwrap();
-                let expected = |first: &str| {
-                    vec![
-                        (first.to_string(), vec![("r".to_string(), remaining as i64), ("t".to_string(), reset as i64)]),
-                        (
-                            "second".to_string(),
-                            vec![("r".to_string(), remaining as i64), ("t".to_string(), reset as i64)],
-                        ),
-                    ]
+            for (first, second) in [(0, 0), (7, 1), (MAX_STRUCTURED_INTEGER, MAX_STRUCTURED_INTEGER)] {
+                let (mut policy, mut state) = (String::new(), String::new());
+                assert!(push_item(&mut policy, name, [("q", first), ("w", second)]));
+                policy.push_str(", ");
+                assert!(push_item(&mut policy, "second", [("q", 1), ("w", 2)]));
+                assert!(push_state(&mut state, &state_prefix(name), &acquired(first, second)));
+                state.push_str(", ");
+                assert!(push_state(&mut state, &state_prefix("second"), &acquired(1, 2)));
+                let expected = |keys: [&str; 2]| {
+                    let item = |name: &str, values: [u64; 2]| {
+                        let parameters = keys.iter().zip(values).map(|(key, value)| (key.to_string(), value as i64));
+                        (name.to_string(), parameters.collect::<Vec<_>>())
+                    };
+                    vec![item(name, [first, second]), item("second", [1, 2])]
                 };
-                assert_eq!(parsed(&state), expected(name), "{state}");
+                assert_eq!(parsed(&policy), expected(["q", "w"]), "{policy}");
+                assert_eq!(parsed(&state), expected(["r", "t"]), "{state}");
             }
         }
-        let acquire = acquired(MAX_STRUCTURED_INTEGER + 1, 0);
-        let too_big = [Reported { name: "a", quota: 1, window_seconds: 1, acquire: &acquire }];
-        assert_eq!(structured_list(too_big.into_iter(), |rule| [("r", rule.acquire.remaining), ("t", 0)]), None);
+        assert!(!push_item(&mut String::new(), "a", [("q", MAX_STRUCTURED_INTEGER + 1), ("w", 0)]));
+        assert!(!push_state(&mut String::new(), &state_prefix("a"), &acquired(0, MAX_STRUCTURED_INTEGER + 1)));
+    }
+
+    #[test]
+    fn a_global_rule_is_described_by_the_limit_the_service_reported() {
+        let config = json!({
+            "rate_limit_service": {"cluster": "ratelimit", "domain": "gateway"},
+            "rules": [
+                {"name": "per-ip", "key": ["client_ip"], "limit": {"requests": 100, "per": "minute"}},
+                {"name": "shared", "key": ["client_ip"], "global": true},
+            ]
+        });
+        let config = RateLimitConfig::parse(config.to_string().as_bytes()).unwrap();
+        let texts = HeaderTexts::new(&config);
+        let global = |quota| Check { rule: 1, result: CheckResult::Allowed(acquired(4, 2)), overflowed: false, quota };
+        let local = Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)), overflowed: false, quota: None };
+        let reported = Some(Quota { limit: 5, window_seconds: 1 });
+        assert_eq!(
+            rate_limit_headers(&config, &texts, &[global(reported), local]),
+            [
+                ("ratelimit-policy", "\"shared\";q=5;w=1, \"per-ip\";q=100;w=60".to_string()),
+                ("ratelimit", "\"shared\";r=4;t=2, \"per-ip\";r=99;t=1".to_string()),
+            ]
+        );
+        assert_eq!(
+            rate_limit_headers(&config, &texts, &[global(None), local]),
+            [
+                ("ratelimit-policy", "\"per-ip\";q=100;w=60".to_string()),
+                ("ratelimit", "\"per-ip\";r=99;t=1".to_string()),
+            ],
+            "a service that reports no limit leaves its rule out"
+        );
+    }
+
+    #[test]
+    fn numbers_a_structured_field_cannot_carry_leave_the_headers_out() {
+        let config = json!({"rules": [
+            // The window, 1e9 requests at one per 30 days, is over 15 digits.
+            {"name": "huge", "key": ["client_ip"], "limit": {"requests": 1, "per": "30d", "burst": 1_000_000_000}},
+        ]});
+        let config = RateLimitConfig::parse(config.to_string().as_bytes()).unwrap();
+        let check = Check { rule: 0, result: CheckResult::Allowed(acquired(1, 1)), overflowed: false, quota: None };
+        assert!(rate_limit_headers(&config, &HeaderTexts::new(&config), &[check]).is_empty());
     }
 
     #[test]
@@ -196,7 +316,7 @@ mod tests {
             Check { rule: 0, result: CheckResult::Allowed(acquired(99, 1)), overflowed: false, quota: None },
             Check { rule: 1, result: CheckResult::Allowed(acquired(7, 2)), overflowed: false, quota: None },
         ];
-        let headers = rate_limit_headers(&config(true), &checks);
+        let headers = rate_limit_headers(&config(true), &HeaderTexts::new(&config(true)), &checks);
         assert_eq!(
             headers[2..],
             [
@@ -213,6 +333,6 @@ mod tests {
             Check { rule: 0, result: CheckResult::Failed(Failure::TableFull), overflowed: false, quota: None },
             Check { rule: 2, result: CheckResult::Allowed(acquired(0, 1)), overflowed: false, quota: None },
         ];
-        assert!(rate_limit_headers(&config(true), &checks).is_empty());
+        assert!(rate_limit_headers(&config(true), &HeaderTexts::new(&config(true)), &checks).is_empty());
     }
 }

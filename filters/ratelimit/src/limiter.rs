@@ -3,7 +3,7 @@
 //! [`RequestFacts`] and the store through `SharedStore`, so all of it runs in native tests.
 
 use crate::config::{FailurePolicy, HeaderCondition, KeyPart, Match, RateLimitConfig, Rule, Scope};
-use crate::gcra::Acquire;
+use crate::gcra::{Acquire, Limit};
 use crate::table::{self, BucketHasher, BucketId, Outcome};
 use gateway_common::client_ip::from_source_address;
 use gateway_common::path_match::strip_query;
@@ -178,7 +178,8 @@ pub fn evaluate(
         if overflowed {
             // Neither unlimited nor refused: every key without a slot shares one bucket of
             // the rule's own limit, so a flood of new keys gets one key's worth of requests.
-            result = charge(&table::overflow_key(&rule.name), table::overflow_id(keys.seed, &rule.name, limit));
+            let (key, id) = overflow_bucket(keys, rule, limit);
+            result = charge(&key, id);
         }
         checks.push(Check { rule: index, result, overflowed, quota: None });
         match result {
@@ -193,6 +194,12 @@ pub fn evaluate(
         }
     }
     Decision { verdict: Verdict::Allow, checks, global }
+}
+
+/// The rule's overflow bucket: out of line, as only a full table group needs it.
+#[cold]
+fn overflow_bucket(keys: &BucketKeys, rule: &Rule, limit: &Limit) -> (String, BucketId) {
+    (table::overflow_key(&rule.name), table::overflow_id(keys.seed, &rule.name, limit))
 }
 
 /// What one bucket update means for `rule`.
@@ -249,6 +256,7 @@ fn bucket(
 /// The entry keys are the names Envoy's own rate limit actions use where one exists
 /// (`masked_remote_address`, `generic_key`), so Envoy's ratelimit filter can send the same
 /// descriptors; the value of `masked_remote_address` is `network/prefix`, as Envoy writes it.
+#[inline(never)] // Only global rules need it; local rules should not carry its code.
 fn descriptor_entries(
     rule: &Rule,
     config: &RateLimitConfig,

@@ -59,10 +59,12 @@ pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, St
         })
         .collect();
     let keys = limiter::BucketKeys::new(seed, &config);
+    let header_texts = headers::HeaderTexts::new(&config);
     let last_writes = RefCell::new(config.rules.iter().map(|_| LastWrite::default()).collect());
     let worker = Worker {
         config,
         keys,
+        header_texts,
         last_writes,
         counters,
         logged_failures: Default::default(),
@@ -76,6 +78,7 @@ pub fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, St
 struct Worker {
     config: RateLimitConfig,
     keys: limiter::BucketKeys,
+    header_texts: headers::HeaderTexts,
     last_writes: RefCell<Vec<LastWrite>>,
     /// Per rule: one counter for each of [`DECISIONS`], then one for each of [`FAILURES`].
     counters: Vec<[BatchedCounter; COUNTERS]>,
@@ -199,7 +202,7 @@ impl RateLimitStream {
         if worker.config.access_log_fields {
             worker.publish(host, &decision);
         }
-        let headers = headers::rate_limit_headers(&worker.config, &decision.checks);
+        let headers = headers::rate_limit_headers(&worker.config, &worker.header_texts, &decision.checks);
         match decision.verdict {
             Verdict::Allow => {
                 self.response_headers = headers;
@@ -207,15 +210,24 @@ impl RateLimitStream {
             }
             Verdict::Reject { rule, retry_after_seconds } => {
                 let name = worker.config.rules.get(rule).map_or("", |rule| rule.name.as_str());
-                let message = format!("rate limit `{name}` exceeded; retry in {retry_after_seconds} s");
-                let body = error_body("rate_limited", &message);
-                self.reply(host, 429, &retry_after_seconds.to_string(), headers, &body)
+                self.reject(host, name, retry_after_seconds, headers)
             }
-            Verdict::Unavailable { .. } => {
-                let body = error_body("rate_limit_unavailable", "the rate limit state is unavailable; retry shortly");
-                self.reply(host, 503, "1", headers, &body)
-            }
+            Verdict::Unavailable { .. } => self.unavailable(host, headers),
         }
+    }
+
+    // The refusals are out of line: a request that is let on runs none of their code.
+    #[cold]
+    fn reject(&mut self, host: &dyn Host, rule: &str, retry_after_seconds: u64, headers: Vec<(&str, String)>) -> Flow {
+        let message = format!("rate limit `{rule}` exceeded; retry in {retry_after_seconds} s");
+        let body = error_body("rate_limited", &message);
+        self.reply(host, 429, &retry_after_seconds.to_string(), headers, &body)
+    }
+
+    #[cold]
+    fn unavailable(&mut self, host: &dyn Host, headers: Vec<(&str, String)>) -> Flow {
+        let body = error_body("rate_limit_unavailable", "the rate limit state is unavailable; retry shortly");
+        self.reply(host, 503, "1", headers, &body)
     }
 
     fn reply(
