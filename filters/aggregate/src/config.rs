@@ -107,6 +107,9 @@ pub type Found<'a, 'p> = (&'a Rc<Endpoint>, Vec<(&'a str, &'p str)>);
 pub struct Endpoint {
     pub method: String,
     pub path: PathMatch,
+    /// What every path the endpoint matches starts with, up to its first non-ASCII character
+    /// (see [`PathMatch::literal_start`]).
+    pub path_start: String,
     /// The whole aggregation's deadline; past it the answer is 504.
     pub timeout: Duration,
     pub backends: Vec<Backend>,
@@ -149,6 +152,15 @@ impl AggregateConfig {
             .map(|(index, endpoint)| compile_endpoint(endpoint, &format!("endpoints[{index}]")).map(Rc::new))
             .collect::<Result<_, _>>()?;
         Ok(AggregateConfig { endpoints })
+    }
+
+    /// Whether some endpoint could match: its method, and the start of its path. Asked first,
+    /// on the bytes: most requests through the gateway are for no endpoint, and this leaves
+    /// them without looking at the path as text.
+    pub fn may_match(&self, method: &[u8], path: &[u8]) -> bool {
+        self.endpoints
+            .iter()
+            .any(|endpoint| endpoint.method.as_bytes() == method && path.starts_with(endpoint.path_start.as_bytes()))
     }
 
     /// The endpoint for a request and its path parameters (still percent-encoded).
@@ -194,7 +206,11 @@ fn compile_endpoint(raw: RawEndpoint, field: &str) -> Result<Endpoint, ConfigErr
             }
         }
     }
-    Ok(Endpoint { method, path, timeout, backends, stages, request_headers })
+    // Only its ASCII part: a path that is not UTF-8 is matched as replaced characters, and
+    // those never stand for ASCII bytes, so the test on bytes stays a necessary condition.
+    let mut path_start = path.literal_start();
+    path_start.truncate(path_start.bytes().take_while(u8::is_ascii).count());
+    Ok(Endpoint { method, path, path_start, timeout, backends, stages, request_headers })
 }
 
 fn compile_backend(
@@ -381,6 +397,15 @@ mod tests {
         assert_eq!(params, [("id", "7")]);
         assert!(config.find("POST", "/api/users/7/dashboard").is_none());
         assert!(config.find("GET", "/api/users/7").is_none());
+        for (method, path) in
+            [("GET", "/api/users/7/dashboard?x=1"), ("POST", "/api/users/7/dashboard"), ("GET", "/api/users/7")]
+        {
+            if config.find(method, path).is_some() {
+                assert!(config.may_match(method.as_bytes(), path.as_bytes()), "{method} {path}");
+            }
+        }
+        assert!(!config.may_match(b"GET", b"/health"));
+        assert!(!config.may_match(b"PUT", b"/api/users/7/dashboard"));
     }
 
     #[test]

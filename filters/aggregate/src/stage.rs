@@ -60,6 +60,9 @@ impl StageStream for AggregateStream {
         // Most requests are not aggregated: they are matched in place, without copying method
         // and path, and leave before any of the work an aggregated request needs.
         let [Some(method), Some(path)] = request.headers([":method", ":path"]) else { return Flow::Continue };
+        if !self.config.may_match(method, path) {
+            return Flow::Continue;
+        }
         let matched = match (std::str::from_utf8(method), std::str::from_utf8(path)) {
             (Ok(method), Ok(path)) => self.config.find(method, path).is_some(),
             // Bytes that are not UTF-8 are matched as replaced characters, as the composed
