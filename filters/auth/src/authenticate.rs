@@ -130,12 +130,7 @@ pub fn decide(
         return Decision::Allow(Changes::default());
     }
     let Some(rule) = config.rules.iter().find(|rule| request.matches(&rule.matcher)) else {
-        return Decision::Deny(Denial {
-            status: 403,
-            www_authenticate: None,
-            error: "forbidden",
-            message: "no authentication rule matches this request".into(),
-        });
+        return Decision::Deny(no_rule());
     };
     let Some(requirement) = &rule.requires else { return Decision::Allow(Changes::default()) };
     let mut context = Context { config, ring, request, now: now_seconds, locked, refetch };
@@ -143,45 +138,77 @@ pub fn decide(
         Check::Ok(identity) if !rule.required_claims.is_empty() => rule_claims(identity, &rule.required_claims),
         other => other,
     };
+    // Each refusal is written by a function of its own, out of line: a request that passes
+    // runs none of that code.
     match checked {
         Check::Ok(identity) => Decision::Allow(changes(config, identity, request)),
-        Check::Missing => Decision::Deny(Denial {
-            status: 401,
-            www_authenticate: Some(format!("Bearer realm=\"{}\"", config.realm)),
-            error: "unauthorized",
-            message: "authentication is required".into(),
-        }),
-        Check::Invalid(description) => Decision::Deny(Denial {
-            status: 401,
-            www_authenticate: Some(format!(
-                "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{description}\"",
-                config.realm
-            )),
-            error: "invalid_token",
-            message: description.to_string(),
-        }),
-        Check::Throttled => Decision::Deny(Denial {
-            status: 429,
-            www_authenticate: None,
-            error: THROTTLED,
-            message: "too many failed authentications from this client; retry later".into(),
-        }),
-        Check::Unavailable(description) => Decision::Deny(Denial {
-            status: 503,
-            www_authenticate: None,
-            error: "auth_unavailable",
-            message: description.to_string(),
-        }),
-        Check::Forbidden(description) => Decision::Deny(Denial {
-            status: 403,
-            www_authenticate: Some(format!(
-                "Bearer realm=\"{}\", error=\"insufficient_scope\", error_description=\"{}\"",
-                config.realm,
-                description.replace(['"', '\\'], "'")
-            )),
-            error: "insufficient_scope",
-            message: description,
-        }),
+        Check::Missing => Decision::Deny(unauthorized(config)),
+        Check::Invalid(description) => Decision::Deny(invalid_token(config, description)),
+        Check::Throttled => Decision::Deny(throttled()),
+        Check::Unavailable(description) => Decision::Deny(unavailable(description)),
+        Check::Forbidden(description) => Decision::Deny(insufficient_scope(config, description)),
+    }
+}
+
+#[cold]
+fn no_rule() -> Denial {
+    Denial {
+        status: 403,
+        www_authenticate: None,
+        error: "forbidden",
+        message: "no authentication rule matches this request".into(),
+    }
+}
+
+#[cold]
+fn unauthorized(config: &AuthConfig) -> Denial {
+    Denial {
+        status: 401,
+        www_authenticate: Some(format!("Bearer realm=\"{}\"", config.realm)),
+        error: "unauthorized",
+        message: "authentication is required".into(),
+    }
+}
+
+#[cold]
+fn invalid_token(config: &AuthConfig, description: &str) -> Denial {
+    Denial {
+        status: 401,
+        www_authenticate: Some(format!(
+            "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{description}\"",
+            config.realm
+        )),
+        error: "invalid_token",
+        message: description.to_string(),
+    }
+}
+
+#[cold]
+fn throttled() -> Denial {
+    Denial {
+        status: 429,
+        www_authenticate: None,
+        error: THROTTLED,
+        message: "too many failed authentications from this client; retry later".into(),
+    }
+}
+
+#[cold]
+fn unavailable(description: &str) -> Denial {
+    Denial { status: 503, www_authenticate: None, error: "auth_unavailable", message: description.to_string() }
+}
+
+#[cold]
+fn insufficient_scope(config: &AuthConfig, description: String) -> Denial {
+    Denial {
+        status: 403,
+        www_authenticate: Some(format!(
+            "Bearer realm=\"{}\", error=\"insufficient_scope\", error_description=\"{}\"",
+            config.realm,
+            description.replace(['"', '\\'], "'")
+        )),
+        error: "insufficient_scope",
+        message: description,
     }
 }
 
