@@ -148,6 +148,7 @@ fn push_legacy_headers(config: &RateLimitConfig, checks: &[Check], headers: &mut
 
 /// The largest RFC 8941 Integer (§3.3.1: at most 15 digits).
 const MAX_STRUCTURED_INTEGER: u64 = 999_999_999_999_999;
+const MAX_INTEGER_DIGITS: usize = 15;
 
 /// Appends an RFC 8941 String item (the rule's name) with two Integer parameters, written
 /// directly: rule names are `[A-Za-z0-9_-]` (checked at configuration), which a String item
@@ -171,6 +172,8 @@ fn state_prefix(name: &str) -> String {
 
 /// A rule's `RateLimit` item: `"name";r=19;t=3`.
 fn push_state(text: &mut String, prefix: &str, acquire: &Acquire) -> bool {
+    // Room for the largest item at once: growing the string as it is written reallocates it.
+    text.reserve(prefix.len() + 2 * MAX_INTEGER_DIGITS + ";t=".len());
     text.push_str(prefix);
     if !push_integer(text, acquire.remaining) {
         return false;
