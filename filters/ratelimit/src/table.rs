@@ -40,44 +40,20 @@ pub const SEED_KEY: &str = "gateway_ratelimit.seed";
 
 /// The shared-data key of group `index` in a table of `groups` groups. The size is part of
 /// the name, so a configuration with another size starts its own table.
-pub fn group_key(groups: u32, index: u32) -> GroupKey {
-    // Built on every request: on the stack, without the formatting machinery.
-    let mut key = GroupKey { bytes: [0; GROUP_KEY_BYTES], length: 0 };
+pub fn group_key(groups: u32, index: u32) -> String {
+    // Built on every request: pieces that are text already, into a string of the right size
+    // (no formatting machinery, and no check of the whole key as UTF-8 afterwards).
+    let mut key = String::with_capacity(GROUP_KEY_BYTES);
     let mut digits = itoa::Buffer::new();
-    key.push(b"gateway_ratelimit.");
-    key.push(digits.format(groups).as_bytes());
-    key.push(b".");
-    key.push(digits.format(index).as_bytes());
+    key.push_str("gateway_ratelimit.");
+    key.push_str(digits.format(groups));
+    key.push('.');
+    key.push_str(digits.format(index));
     key
 }
 
 /// `gateway_ratelimit.` and two `u32`s with a dot between them fit.
 const GROUP_KEY_BYTES: usize = 40;
-
-/// A group's shared-data key (see [`group_key`]).
-pub struct GroupKey {
-    bytes: [u8; GROUP_KEY_BYTES],
-    length: usize,
-}
-
-impl GroupKey {
-    fn push(&mut self, part: &[u8]) {
-        let end = self.length + part.len();
-        if let Some(room) = self.bytes.get_mut(self.length..end) {
-            room.copy_from_slice(part);
-            self.length = end;
-        }
-    }
-}
-
-impl std::ops::Deref for GroupKey {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        // ASCII by construction.
-        self.bytes.get(..self.length).and_then(|bytes| std::str::from_utf8(bytes).ok()).unwrap_or_default()
-    }
-}
 
 /// Written after the last group of a table of `groups` groups is created.
 pub fn ready_key(groups: u32) -> String {
@@ -289,8 +265,10 @@ mod tests {
 
     #[test]
     fn group_keys_name_the_table_size_and_the_group() {
-        assert_eq!(&*group_key(4096, 17), "gateway_ratelimit.4096.17");
-        assert_eq!(&*group_key(u32::MAX, u32::MAX - 1), "gateway_ratelimit.4294967295.4294967294");
+        assert_eq!(group_key(4096, 17), "gateway_ratelimit.4096.17");
+        let largest = group_key(u32::MAX, u32::MAX - 1);
+        assert_eq!(largest, "gateway_ratelimit.4294967295.4294967294");
+        assert!(largest.len() <= GROUP_KEY_BYTES);
     }
 
     #[test]
