@@ -298,20 +298,37 @@ fn check_provider(index: usize, context: &mut Context) -> Check {
     let Some(provider) = context.config.providers.get(index) else {
         return Check::Invalid("the provider is not configured");
     };
-    let Some((token, source)) = find_token(provider, context.request) else { return Check::Missing };
-    // Without a clock, `exp` and `nbf` cannot be checked: an expired token must not pass.
-    let Some(now) = context.now else {
-        return Check::Unavailable("the gateway cannot read its clock to check the token; retry shortly");
-    };
-    let verified = match context.ring.cached(index, &token, now) {
-        Some(verified) => verified,
-        None if context.locked => return Check::Throttled,
-        None => match verify_new(index, provider, token, now, context) {
+    // A token this worker verified before is looked up where the request holds it: only a
+    // new one is copied (a token is hundreds of bytes, and most requests repeat one).
+    let (ring, now) = (&*context.ring, context.now);
+    let found = find_token(provider, context.request, |token| match now {
+        Some(now) => ring.cached(index, token, now).map_or_else(|| Found::New(token.to_vec(), now), Found::Verified),
+        None => Found::NoClock,
+    });
+    let Some((found, source)) = found else { return Check::Missing };
+    let verified = match found {
+        Found::Verified(verified) => verified,
+        // Without a clock, `exp` and `nbf` cannot be checked: an expired token must not pass.
+        Found::NoClock => {
+            return Check::Unavailable("the gateway cannot read its clock to check the token; retry shortly")
+        }
+        Found::New(..) if context.locked => return Check::Throttled,
+        Found::New(token, now) => match verify_new(index, provider, token, now, context) {
             Ok(verified) => verified,
             Err(refusal) => return refusal,
         },
     };
     identity(provider, verified, source)
+}
+
+/// What a request's token is to this worker.
+enum Found {
+    /// Verified before, and still valid.
+    Verified(Rc<jwt::Verified>),
+    /// Not verified before (a copy, to verify, and the time to check it at).
+    New(Vec<u8>, u64),
+    /// The clock cannot be read, so the token cannot be judged.
+    NoClock,
 }
 
 /// Verifies a token this worker has not verified before, and remembers it. A JWT is
@@ -360,25 +377,25 @@ fn identity(provider: &Provider, verified: Rc<jwt::Verified>, source: Credential
     Check::Ok(identity)
 }
 
-/// The provider's token in the request, as bytes: whether they are text is only asked when
-/// the token is not one this worker already verified (the check reads every byte, and a
-/// token is hundreds of them).
-fn find_token(provider: &Provider, request: &Lazy) -> Option<(Vec<u8>, Credential)> {
+/// The provider's token in the request, looked at as bytes by `look`: whether they are text is
+/// only asked when the token is not one this worker already verified (the check reads every
+/// byte, and a token is hundreds of them).
+fn find_token<T>(provider: &Provider, request: &Lazy, mut look: impl FnMut(&[u8]) -> T) -> Option<(T, Credential)> {
     provider.sources.iter().find_map(|source| match source {
         TokenSource::Header { name, prefix } => request.with_header_bytes(name, |value| {
             let token = match value.get(..prefix.len()) {
                 Some(start) if start.eq_ignore_ascii_case(prefix.as_bytes()) => value.get(prefix.len()..)?.trim_ascii(),
                 _ => return None,
             };
-            (!token.is_empty()).then(|| (token.to_vec(), Credential::Header(name.clone())))
+            (!token.is_empty()).then(|| (look(token), Credential::Header(name.clone())))
         }),
         TokenSource::Param(name) => {
-            query_param(request.path(), name).map(|token| (token.into_bytes(), Credential::Param(name.clone())))
+            query_param(request.path(), name).map(|token| (look(token.as_bytes()), Credential::Param(name.clone())))
         }
         TokenSource::Cookie(name) => request.with_header("cookie", |cookies| {
             cookies.split(';').find_map(|pair| {
                 let (key, value) = pair.trim().split_once('=')?;
-                (key == name && !value.is_empty()).then(|| (value.as_bytes().to_vec(), Credential::Cookie))
+                (key == name && !value.is_empty()).then(|| (look(value.as_bytes()), Credential::Cookie))
             })
         }),
     })
