@@ -152,6 +152,8 @@ fn compile_template(text: &str, field: &str) -> Result<Vec<Segment>, ConfigError
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn every_matching_path_starts_with_the_literal_start() {
         let cases = [
@@ -183,8 +185,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
 
     fn template(text: &str) -> PathMatch {
         PathMatch::compile(&RawPathMatch::Template(text.into()), "match.path").unwrap()
