@@ -8,21 +8,18 @@
 //! `set_header:<name>`, `remove_header:<name>`, `add_response_header:<name>`, `clock`,
 //! `counter`, `histogram`, `shared_get`, `shared_set`.
 
-use gateway_common::host::{HeaderMap, Host};
-use gateway_host::ProxyHost;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use gateway_common::host::{HeaderMap, Host, MetricKind};
+use gateway_common::request::Request;
+use gateway_common::stage::{Flow, Stage, StageStream};
 use std::rc::Rc;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ProbeRoot { probe: None }) });
-}}
+// The same entry points and driver as every module, so the probe's calls cost what the
+// bundle's cost, without the bundle's logic.
+gateway_host::module!("call-probe", |configuration, host| Ok(vec![build(configuration, host)?]));
 
 enum Call {
     Header(String),
-    /// Through the filters' own host (`gateway-host`), which reads the host's buffer in place.
+    /// Every request header in one call, read in place as the filters read them.
     Headers,
     ResponseHeader(String),
     Property(Vec<String>),
@@ -44,7 +41,7 @@ struct Plan {
 
 const SHARED_KEY: &str = "call-probe";
 
-fn parse(spec: &str) -> Result<Call, String> {
+fn parse(spec: &str, host: &dyn Host) -> Result<Call, String> {
     let (kind, argument) = spec.split_once(':').unwrap_or((spec, ""));
     let owned = argument.to_string();
     Ok(match kind {
@@ -57,10 +54,10 @@ fn parse(spec: &str) -> Result<Call, String> {
         "add_response_header" => Call::AddResponseHeader(owned),
         "clock" => Call::Clock,
         "counter" => Call::Counter(
-            hostcalls::define_metric(MetricType::Counter, "call_probe_total").map_err(|e| format!("{e:?}"))?,
+            host.define_metric(MetricKind::Counter, "call_probe_total").ok_or("cannot define the counter")?,
         ),
         "histogram" => Call::Histogram(
-            hostcalls::define_metric(MetricType::Histogram, "call_probe_ms").map_err(|e| format!("{e:?}"))?,
+            host.define_metric(MetricKind::Histogram, "call_probe_ms").ok_or("cannot define the histogram")?,
         ),
         "shared_get" => Call::SharedGet,
         "shared_set" => Call::SharedSet,
@@ -72,7 +69,7 @@ const PHASES: [&str; 3] = ["request_headers", "response_headers", "log"];
 
 /// The plan a configuration lists; an unknown phase is refused (a misspelt one would
 /// otherwise measure nothing and look cheap).
-fn plan(config: &serde_json::Value) -> Result<Plan, String> {
+fn plan(config: &serde_json::Value, host: &dyn Host) -> Result<Plan, String> {
     let object = config.as_object().ok_or("the configuration is not an object")?;
     if let Some(unknown) = object.keys().find(|key| !PHASES.contains(&key.as_str())) {
         return Err(format!("unknown phase `{unknown}` (expected one of {PHASES:?})"));
@@ -80,7 +77,7 @@ fn plan(config: &serde_json::Value) -> Result<Plan, String> {
     let calls = |phase: &str| -> Result<Vec<Call>, String> {
         let Some(list) = object.get(phase) else { return Ok(Vec::new()) };
         let list = list.as_array().ok_or(format!("`{phase}` is not a list"))?;
-        list.iter().map(|spec| parse(spec.as_str().ok_or(format!("`{phase}` holds a non-string"))?)).collect()
+        list.iter().map(|spec| parse(spec.as_str().ok_or(format!("`{phase}` holds a non-string"))?, host)).collect()
     };
     Ok(Plan {
         request_headers: calls("request_headers")?,
@@ -89,110 +86,74 @@ fn plan(config: &serde_json::Value) -> Result<Plan, String> {
     })
 }
 
-fn run(plan: &[Call], host: &ProxyHost) {
+fn run(plan: &[Call], host: &dyn Host) {
     for call in plan {
         let outcome = match call {
-            Call::Header(name) => {
-                hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).map(|v| v.map(|v| v.len()))
-            }
+            Call::Header(name) => host.header(HeaderMap::Request, name).map(|value| value.len()),
             Call::Headers => {
-                Ok(host.headers(HeaderMap::Request).map(|headers| headers.get(":path").map_or(0, <[u8]>::len)))
+                host.headers(HeaderMap::Request).map(|headers| headers.get(":path").map_or(0, <[u8]>::len))
             }
-            Call::ResponseHeader(name) => {
-                hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).map(|v| v.map(|v| v.len()))
-            }
+            Call::ResponseHeader(name) => host.header(HeaderMap::Response, name).map(|value| value.len()),
             Call::Property(path) => {
-                hostcalls::get_property(path.iter().map(String::as_str).collect()).map(|v| v.map(|v| v.len()))
+                let path: Vec<&str> = path.iter().map(String::as_str).collect();
+                host.property(&path).map(|value| value.len())
             }
-            Call::SetHeader(name) => {
-                hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some("probe")).map(|()| None)
-            }
-            Call::RemoveHeader(name) => {
-                hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).map(|()| None)
-            }
-            Call::AddResponseHeader(name) => {
-                hostcalls::add_map_value(MapType::HttpResponseHeaders, name, "probe").map(|()| None)
-            }
-            Call::Clock => hostcalls::get_current_time().map(|_| None),
-            Call::Counter(id) => hostcalls::increment_metric(*id, 1).map(|()| None),
-            Call::Histogram(id) => hostcalls::record_metric(*id, 1).map(|()| None),
-            Call::SharedGet => hostcalls::get_shared_data(SHARED_KEY).map(|(v, _)| v.map(|v| v.len())),
-            Call::SharedSet => hostcalls::set_shared_data(SHARED_KEY, Some(b"0123456789abcdef"), None).map(|()| None),
+            Call::SetHeader(name) => host.set_header(HeaderMap::Request, name, Some("probe")).ok().map(|()| 0),
+            Call::RemoveHeader(name) => host.set_header(HeaderMap::Request, name, None).ok().map(|()| 0),
+            Call::AddResponseHeader(name) => host.add_header(HeaderMap::Response, name, "probe").ok().map(|()| 0),
+            Call::Clock => host.now_nanos().map(|_| 0),
+            Call::Counter(id) => host.increment_metric(*id, 1).ok().map(|()| 0),
+            Call::Histogram(id) => host.record_metric(*id, 1).ok().map(|()| 0),
+            Call::SharedGet => host.shared_data().get(SHARED_KEY).ok().flatten().map(|found| found.value.len()),
+            Call::SharedSet => host.shared_data().set(SHARED_KEY, b"0123456789abcdef", 0).ok().map(|()| 0),
         };
         // Keep the optimizer from dropping the calls' results.
-        std::hint::black_box(outcome.ok());
+        std::hint::black_box(outcome);
     }
 }
 
-/// The calls to make, and the host to make `headers` through.
+/// The probe's stage: its plan, run in each phase of every request.
 struct Probe {
-    plan: Plan,
-    host: ProxyHost,
+    plan: Rc<Plan>,
 }
 
-struct ProbeRoot {
-    probe: Option<Rc<Probe>>,
+fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, String> {
+    let config: serde_json::Value = if configuration.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(configuration).map_err(|error| format!("call-probe: {error}"))?
+    };
+    let plan = plan(&config, host).map_err(|error| format!("call-probe: {error}"))?;
+    Ok(Box::new(Probe { plan: Rc::new(plan) }))
 }
 
-impl Context for ProbeRoot {}
-
-impl RootContext for ProbeRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let config: serde_json::Value = if bytes.is_empty() {
-            serde_json::json!({})
-        } else {
-            match serde_json::from_slice(&bytes) {
-                Ok(config) => config,
-                Err(error) => {
-                    log::error!("call-probe: {error}");
-                    return false;
-                }
-            }
-        };
-        let plan = plan(&config);
-        match plan {
-            Ok(plan) => {
-                self.probe = Some(Rc::new(Probe { plan, host: ProxyHost::for_plugin("call-probe") }));
-                true
-            }
-            Err(error) => {
-                log::error!("call-probe: {error}");
-                false
-            }
-        }
+impl Stage for Probe {
+    fn new_stream(&self) -> Box<dyn StageStream> {
+        Box::new(ProbeStream { plan: Rc::clone(&self.plan) })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(ProbeHttp { probe: Rc::clone(self.probe.as_ref()?) }))
+    /// The probe holds no request, so its tick wakes none.
+    fn on_tick(&self, _host: &dyn Host) -> Vec<u32> {
+        Vec::new()
     }
 }
 
-struct ProbeHttp {
-    probe: Rc<Probe>,
+struct ProbeStream {
+    plan: Rc<Plan>,
 }
 
-impl Context for ProbeHttp {}
-
-impl HttpContext for ProbeHttp {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        run(&self.probe.plan.request_headers, &self.probe.host);
-        Action::Continue
+impl StageStream for ProbeStream {
+    fn on_request_headers(&mut self, request: &mut Request, _context_id: u32) -> Flow {
+        run(&self.plan.request_headers, request.host);
+        Flow::Continue
     }
 
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        run(&self.probe.plan.response_headers, &self.probe.host);
-        Action::Continue
+    fn on_response_headers(&mut self, request: &mut Request) -> Flow {
+        run(&self.plan.response_headers, request.host);
+        Flow::Continue
     }
 
-    fn on_log(&mut self) {
-        run(&self.probe.plan.log, &self.probe.host);
+    fn on_log(&mut self, request: &mut Request) {
+        run(&self.plan.log, request.host);
     }
 }

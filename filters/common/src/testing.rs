@@ -36,24 +36,6 @@ impl SharedStore for MemoryStore {
     }
 }
 
-/// Header pairs in the layout the proxy-wasm host hands them over in (see
-/// [`crate::header_list`]).
-pub fn header_pairs_wire(pairs: &[(&str, &[u8])]) -> Vec<u8> {
-    let word = |length: usize| u32::try_from(length).unwrap_or(u32::MAX).to_le_bytes();
-    let mut wire = word(pairs.len()).to_vec();
-    for (name, value) in pairs {
-        wire.extend(word(name.len()));
-        wire.extend(word(value.len()));
-    }
-    for (name, value) in pairs {
-        wire.extend(name.as_bytes());
-        wire.push(0);
-        wire.extend(*value);
-        wire.push(0);
-    }
-    wire
-}
-
 /// A local reply a stage sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -187,7 +169,7 @@ impl Host for FakeHost {
             .get(map_name(map))
             .map(|list| list.iter().map(|(name, value)| (name.as_str(), value.as_slice())).collect())
             .unwrap_or_default();
-        HeaderList::from_wire(header_pairs_wire(&pairs))
+        HeaderList::from_wire(crate::header_list::encode_pairs(&pairs))
     }
 
     fn set_header(&self, map: HeaderMap, name: &str, value: Option<&str>) -> Result<(), HostError> {
