@@ -5,7 +5,7 @@
 //! filters would; a stage that pauses holds the later ones until it says the request may go on.
 
 use crate::abi;
-use crate::entry::as_stream;
+use crate::context_ids::as_stream;
 use crate::proxy_host::{plugin_configuration, take_host_calls, ProxyHost};
 use gateway_common::counter::BatchedCounter;
 use gateway_common::host::{Host, COUNTER_FLUSH_PERIOD};

@@ -6,14 +6,15 @@
 //! exports: no `proxy_on_done` (every stream is done when Envoy says so), no trailers of
 //! responses, no TCP, queue or foreign-function callbacks. Each callback finds its context in
 //! one map and runs it without holding the map, so a host call that reenters the module (to
-//! allocate what it returns) finds everything free.
+//! allocate what it returns) finds everything free. A call's answer goes to the context that
+//! started the call ([`crate::context_ids`]).
 
 use crate::abi::{self, LogLevel};
+use crate::context_ids::{call_answered, set_active, IdMap};
 use crate::driver::{Chain, ChainBuilder, ChainHttp};
 use gateway_common::stage::Flow;
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::cell::RefCell;
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 use std::sync::OnceLock;
 
@@ -32,83 +33,33 @@ pub fn install(name: &'static str, build: ChainBuilder) {
     }
 }
 
-/// Hashes a context id or a call token: the host hands them out in sequence, so one
-/// multiplication spreads them well, and SipHash would cost more than the lookup.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 << 8 | u64::from(*byte)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type IdMap<T> = HashMap<u32, T, BuildHasherDefault<IdHasher>>;
-
 /// One VM's contexts.
 struct Contexts {
     /// Root context id to its chain (`None` until configured, or when its configuration
     /// failed). A VM has a root per plugin that shares it: a handful.
     roots: RefCell<Vec<(u32, Option<Rc<Chain>>)>>,
     streams: RefCell<IdMap<Rc<ChainHttp>>>,
-    /// The token of each HTTP or gRPC call not yet answered, to the context whose work
-    /// started it: the host hands the answer to the root, and a stream's call goes back to
-    /// that stream.
-    calls: RefCell<IdMap<u32>>,
-    /// The context whose work is running (the callback's, or a stream a root callback acts on).
-    active: Cell<u32>,
 }
 
 thread_local! {
     static CONTEXTS: Contexts = const {
         Contexts {
             roots: RefCell::new(Vec::new()),
-            streams: RefCell::new(HashMap::with_hasher(BuildHasherDefault::new())),
-            calls: RefCell::new(HashMap::with_hasher(BuildHasherDefault::new())),
-            active: Cell::new(0),
+            streams: RefCell::new(IdMap::with_hasher(BuildHasherDefault::new())),
         }
     };
 }
 
 fn root(context_id: u32) -> Option<Rc<Chain>> {
+    set_active(context_id);
     CONTEXTS.with(|contexts| {
-        contexts.active.set(context_id);
         contexts.roots.borrow().iter().find(|(id, _)| *id == context_id).and_then(|(_, chain)| chain.clone())
     })
 }
 
 fn stream(context_id: u32) -> Option<Rc<ChainHttp>> {
-    CONTEXTS.with(|contexts| {
-        contexts.active.set(context_id);
-        contexts.streams.borrow().get(&context_id).cloned()
-    })
-}
-
-/// Runs `work` as the work of stream `context_id` (a root callback acting on a paused
-/// stream): calls it starts are answered to that stream.
-pub(crate) fn as_stream<T>(context_id: u32, work: impl FnOnce() -> T) -> T {
-    let outer = CONTEXTS.with(|contexts| contexts.active.replace(context_id));
-    let result = work();
-    CONTEXTS.with(|contexts| contexts.active.set(outer));
-    result
-}
-
-/// Notes a call the running context started, to hand its answer back to that context.
-pub(crate) fn call_started(token: u32) {
-    CONTEXTS.with(|contexts| {
-        let active = contexts.active.get();
-        contexts.calls.borrow_mut().insert(token, active);
-    });
+    set_active(context_id);
+    CONTEXTS.with(|contexts| contexts.streams.borrow().get(&context_id).cloned())
 }
 
 /// Which context a call's answer is for, and makes that context the host's current one.
@@ -118,7 +69,7 @@ enum Answered {
 }
 
 fn answered(token: u32) -> Option<Answered> {
-    let context_id = CONTEXTS.with(|contexts| contexts.calls.borrow_mut().remove(&token))?;
+    let context_id = call_answered(token)?;
     // The stream may be gone (its client left): the host then refuses to switch to it.
     abi::set_effective_context(context_id).ok()?;
     if let Some(stream) = stream(context_id) {
@@ -167,7 +118,7 @@ pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_siz
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root_context_id: u32, _plugin_configuration_size: usize) -> bool {
-    CONTEXTS.with(|contexts| contexts.active.set(root_context_id));
+    set_active(root_context_id);
     let (name, build) = MODULE.get().copied().unwrap_or(("gateway", no_stages));
     let Some(chain) = Chain::configure(name, build) else { return false };
     CONTEXTS.with(|contexts| {

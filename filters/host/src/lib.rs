@@ -11,6 +11,7 @@
 mod abi;
 #[cfg(any(test, target_family = "wasm"))]
 mod allocator;
+mod context_ids;
 mod driver;
 mod entry;
 mod proxy_host;

@@ -2,7 +2,7 @@
 //! benchmark prints the count per request: each call crosses the VM boundary).
 
 use crate::abi::{self, BufferType, MapType, MetricType, Status, CAS_MISMATCH};
-use crate::entry::call_started;
+use crate::context_ids::call_started;
 use gateway_common::header_list::{encode_pairs, HeaderList};
 use gateway_common::host::{HeaderMap, Host, HostError, MetricKind};
 use gateway_common::plugin::{PluginScope, PLUGIN_NAME};
