@@ -121,10 +121,10 @@ fn build(configuration: &[u8], host: &dyn Host) -> Result<Box<dyn Stage>, String
     let config: serde_json::Value = if configuration.is_empty() {
         serde_json::json!({})
     } else {
-        serde_json::from_slice(configuration).map_err(|error| format!("call-probe: {error}"))?
+        serde_json::from_slice(configuration).map_err(|error| error.to_string())?
     };
-    let plan = plan(&config, host).map_err(|error| format!("call-probe: {error}"))?;
-    Ok(Box::new(Probe { plan: Rc::new(plan) }))
+    // The driver logs a refusal with the module's name in front.
+    Ok(Box::new(Probe { plan: Rc::new(plan(&config, host)?) }))
 }
 
 impl Stage for Probe {
