@@ -62,12 +62,14 @@ fn stream(context_id: u32) -> Option<Rc<ChainHttp>> {
     CONTEXTS.with(|contexts| contexts.streams.borrow().get(&context_id).cloned())
 }
 
-/// Which context a call's answer is for, and makes that context the host's current one.
+/// The context a call's answer is for.
 enum Answered {
     Stream(Rc<ChainHttp>),
     Root(Rc<Chain>),
 }
 
+/// Finds the context that started call `token` and makes it the host's current one; `None`
+/// when that context is gone.
 fn answered(token: u32) -> Option<Answered> {
     let context_id = call_answered(token)?;
     // The stream may be gone (its client left): the host then refuses to switch to it.
