@@ -199,7 +199,7 @@ pub extern "C" fn proxy_on_http_call_response(
     match answered(token) {
         Some(Answered::Stream(stream)) => stream.on_call_response(token, headers, body_size),
         Some(Answered::Root(chain)) => chain.on_call_response(token, headers, body_size),
-        None => log::debug!("an answer to call {token}, whose context is gone; ignored"),
+        None => log::debug!("an answer to call {token}, whose context is gone (or never was); ignored"),
     }
 }
 
@@ -219,7 +219,7 @@ fn grpc_answered(token: u32, status: u32, message_size: usize) {
     match answered(token) {
         Some(Answered::Stream(stream)) => stream.on_grpc_response(token, status, message_size),
         Some(Answered::Root(chain)) => chain.on_grpc_response(token, status, message_size),
-        None => log::debug!("an answer to gRPC call {token}, whose context is gone; ignored"),
+        None => log::debug!("an answer to gRPC call {token}, whose context is gone (or never was); ignored"),
     }
 }
 
