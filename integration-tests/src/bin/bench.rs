@@ -3,10 +3,11 @@
 //! Every variant is its own Envoy (one worker) in front of the same backend, all started
 //! together; rounds are interleaved (bare, noop, …, rl-many, bare, …) so machine drift hits all
 //! variants alike. Variants compare our filters with bare Envoy, with the empty proxy-wasm
-//! filter, and with Envoy's native filter for the same job. Each round drives one Envoy with wrk for a fixed time and reads:
+//! filter, and with Envoy's native filter for the same job. Each round drives every Envoy with wrk
+//! for a fixed time, in one-second slices taken in turn, and reads:
 //! - Envoy CPU per request: CPU time of all Envoy threads (from /proc schedstat, ns) during
 //!   the round divided by the requests wrk completed;
-//! - p50/p99 latency as wrk reports it.
+//! - p50/p99 latency as wrk reports it (the median of the slices').
 //!
 //! The machine drifts between rounds (other tenants, CPU frequency), so a filter's added cost
 //! is taken within each round (variant minus bare of the same round) and the median of those
@@ -21,6 +22,7 @@ use integration_tests::paths;
 use integration_tests::rls::{RateLimitService, Redis, ServiceOptions};
 use integration_tests::scratch::ScratchDir;
 use serde_json::{json, Value};
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -38,6 +40,9 @@ struct Settings {
     pace_ms: Option<u32>,
     /// Every round starts each variant's Envoy afresh (`BENCH_FRESH_ENVOY=1`).
     fresh_envoy: bool,
+    /// Each round measures a variant in this many slices of `seconds / slices`, taking the
+    /// variants in turn slice by slice (`BENCH_SLICES`; by default one a second).
+    slices: u64,
 }
 
 impl Settings {
@@ -61,6 +66,15 @@ impl Settings {
             // measured in one process per run can come out several µs cheaper or dearer in the
             // next run. A fresh Envoy every round spreads the rounds over as many placements.
             fresh_envoy: number("BENCH_FRESH_ENVOY", 0) == 1,
+            // The machine's speed swings over a few seconds (bare Envoy's rounds spread by
+            // about 12% even in one process), so a variant measured in one stretch meets
+            // another machine than bare Envoy did. Slices of a second, the variants in turn,
+            // spread each variant over the whole round, so the variants of a round meet the
+            // same mix of moments. wrk counts whole seconds.
+            slices: {
+                let seconds = number("BENCH_SECONDS", 3).max(1);
+                number("BENCH_SLICES", seconds).clamp(1, seconds)
+            },
             only: std::env::var("BENCH_ONLY")
                 .unwrap_or_default()
                 .split(',')
@@ -87,6 +101,9 @@ struct Variant {
     /// request is measured too.
     helpers: Vec<u32>,
     rounds: Vec<Round>,
+    /// Requests wrk has sent this variant so far (warm-ups included), handed to its script
+    /// as the last argument so that every run of wrk goes on where the one before stopped.
+    sent: Cell<u64>,
 }
 
 /// Delays of the three backends behind the aggregation comparison; the slowest is the floor
@@ -226,6 +243,7 @@ fn main() {
             headers: vec![],
             helpers: vec![],
             rounds: vec![],
+            sent: Cell::new(0),
         }
     };
     let distinct_keys = Some(("distinct_keys.lua", &["x-client"][..]));
@@ -507,21 +525,33 @@ fn main() {
         format!("each connection waits {pace} ms after an answer")
     });
     let processes = if settings.fresh_envoy { "a fresh Envoy every round" } else { "one Envoy per variant" };
+    let slices = match settings.slices {
+        1 => String::new(),
+        slices => format!(" in {slices} slices taken in turn"),
+    };
     println!(
-        "bench: {} rounds x {} s per variant, wrk -t1 -c{} ({pacing}), Envoy --concurrency 1, {processes}",
+        "bench: {} rounds x {} s per variant{slices}, wrk -t1 -c{} ({pacing}), Envoy --concurrency 1, {processes}",
         settings.rounds, settings.seconds, settings.connections
     );
     for variant in &variants {
         drive(&wrk, variant, 1, settings.connections, settings.pace_ms); // warm-up
     }
     for round in 0..settings.rounds {
-        for variant in &mut variants {
-            if settings.fresh_envoy && round > 0 {
+        if settings.fresh_envoy && round > 0 {
+            for variant in &mut variants {
                 variant.envoy = Envoy::start(&variant.config, 1);
                 // Warm-up, as for the first round.
                 drive(&wrk, variant, 1, settings.connections, settings.pace_ms);
             }
-            let measured = measure(&wrk, variant, &settings);
+        }
+        let mut tallies: Vec<Tally> = variants.iter().map(|_| Tally::default()).collect();
+        for _ in 0..settings.slices {
+            for (variant, tally) in variants.iter().zip(&mut tallies) {
+                tally.measure_slice(&wrk, variant, &settings);
+            }
+        }
+        for (variant, tally) in variants.iter_mut().zip(tallies) {
+            let measured = tally.into_round(&wrk, variant, &settings);
             eprintln!(
                 "round {} {:>12}: {:>8.0} req, {:>6.1} us CPU/req, p50 {:.3} ms, p99 {:.3} ms",
                 round + 1,
@@ -586,39 +616,72 @@ fn drive(
 ) -> integration_tests::load::WrkReport {
     let mut headers = vec!["x-gateway-consumer: bench"];
     headers.extend(variant.headers.iter().map(String::as_str));
-    wrk.run(&WrkRun {
+    // The scripts' last argument: where this run starts (`token_pool.lua`: the token after the
+    // last one sent, so no token comes back while the cache of verified tokens may still hold
+    // it) or what makes its keys new (`distinct_keys.lua`: a prefix no earlier run used).
+    let sent = variant.sent.get().to_string();
+    let arguments: Vec<&str> = variant
+        .script
+        .map(|(_, arguments)| arguments.iter().copied().chain([sent.as_str()]).collect())
+        .unwrap_or_default();
+    let report = wrk.run(&WrkRun {
         url: &format!("{}{}", variant.envoy.url(), variant.path),
         seconds,
         threads: 1,
         connections,
         headers: &headers,
-        script: variant.script,
+        script: variant.script.map(|(script, _)| (script, arguments.as_slice())),
         pace_ms,
-    })
+    });
+    variant.sent.set(variant.sent.get() + report.requests as u64);
+    report
 }
 
-fn measure(wrk: &Wrk, variant: &Variant, settings: &Settings) -> Round {
-    let cpu_before = cpu_ns(variant.envoy.pid());
-    let helpers_before: Vec<u64> = variant.helpers.iter().map(|pid| cpu_ns(*pid)).collect();
-    let report = drive(wrk, variant, settings.seconds, settings.connections, settings.pace_ms);
-    let cpu_after = cpu_ns(variant.envoy.pid());
-    let per_request = |ns: u64| ns as f64 / 1000.0 / report.requests.max(1.0);
-    let mut helper_us_per_request = [0.0; 2];
-    for ((slot, pid), before) in helper_us_per_request.iter_mut().zip(&variant.helpers).zip(helpers_before) {
-        *slot = per_request(cpu_ns(*pid).saturating_sub(before));
+/// One variant's slices of a round, added up.
+#[derive(Default)]
+struct Tally {
+    requests: f64,
+    cpu_ns: u64,
+    helper_ns: [u64; 2],
+    p50_ms: Vec<f64>,
+    p99_ms: Vec<f64>,
+    errors: u64,
+}
+
+impl Tally {
+    fn measure_slice(&mut self, wrk: &Wrk, variant: &Variant, settings: &Settings) {
+        let cpu_before = cpu_ns(variant.envoy.pid());
+        let helpers_before: Vec<u64> = variant.helpers.iter().map(|pid| cpu_ns(*pid)).collect();
+        let seconds = (settings.seconds / settings.slices).max(1);
+        let report = drive(wrk, variant, seconds, settings.connections, settings.pace_ms);
+        self.cpu_ns += cpu_ns(variant.envoy.pid()).saturating_sub(cpu_before);
+        for ((spent, pid), before) in self.helper_ns.iter_mut().zip(&variant.helpers).zip(helpers_before) {
+            *spent += cpu_ns(*pid).saturating_sub(before);
+        }
+        self.requests += report.requests;
+        self.p50_ms.push(report.p50_ms);
+        self.p99_ms.push(report.p99_ms);
+        self.errors += report.errors;
     }
-    let one_connection_ms = ONE_CONNECTION.contains(&variant.name).then(|| {
-        let report = drive(wrk, variant, settings.seconds, 1, settings.pace_ms);
-        (report.p50_ms, report.p99_ms)
-    });
-    Round {
-        requests: report.requests,
-        cpu_us_per_request: per_request(cpu_after - cpu_before),
-        p50_ms: report.p50_ms,
-        p99_ms: report.p99_ms,
-        errors: report.errors,
-        helper_us_per_request,
-        one_connection_ms,
+
+    /// The round's figures: CPU per request over all slices; latency percentiles as the median
+    /// of the slices' (the slice's own when there is one); latency with one connection measured
+    /// now, for the variants that want it.
+    fn into_round(self, wrk: &Wrk, variant: &Variant, settings: &Settings) -> Round {
+        let per_request = |ns: u64| ns as f64 / 1000.0 / self.requests.max(1.0);
+        let one_connection_ms = ONE_CONNECTION.contains(&variant.name).then(|| {
+            let report = drive(wrk, variant, settings.seconds, 1, settings.pace_ms);
+            (report.p50_ms, report.p99_ms)
+        });
+        Round {
+            requests: self.requests,
+            cpu_us_per_request: per_request(self.cpu_ns),
+            p50_ms: median(self.p50_ms.iter().copied()),
+            p99_ms: median(self.p99_ms.iter().copied()),
+            errors: self.errors,
+            helper_us_per_request: self.helper_ns.map(per_request),
+            one_connection_ms,
+        }
     }
 }
 
