@@ -698,14 +698,18 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// Fewer rounds than this give no interval: resampling two or three rounds yields a handful of
+/// distinct samples, and an interval far narrower than the rounds' real spread.
+const MIN_INTERVAL_ROUNDS: usize = 5;
+
 /// A 95% interval for `estimate` over a run's rounds: the estimate recomputed on 2,000 samples
 /// of `rounds` round indices drawn with replacement (each sample keeps a round's variants
 /// together), and the 2.5th and 97.5th percentiles of those. The draws are seeded, so one
-/// run's figures give one interval.
-fn bootstrap_interval(rounds: usize, estimate: impl Fn(&[usize]) -> f64) -> (f64, f64) {
+/// run's figures give one interval. `None` below [`MIN_INTERVAL_ROUNDS`].
+fn bootstrap_interval(rounds: usize, estimate: impl Fn(&[usize]) -> f64) -> Option<(f64, f64)> {
     const SAMPLES: usize = 2_000;
-    if rounds == 0 {
-        return (f64::NAN, f64::NAN);
+    if rounds < MIN_INTERVAL_ROUNDS {
+        return None;
     }
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next_round = || {
@@ -722,19 +726,23 @@ fn bootstrap_interval(rounds: usize, estimate: impl Fn(&[usize]) -> f64) -> (f64
         })
         .collect();
     estimates.sort_by(f64::total_cmp);
-    (estimates[SAMPLES * 25 / 1000], estimates[SAMPLES * 975 / 1000 - 1])
+    Some((estimates[SAMPLES * 25 / 1000], estimates[SAMPLES * 975 / 1000 - 1]))
 }
 
-/// "met" or "NOT met" when the interval lies on one side of `target`, else that this run
-/// cannot tell.
-fn settled_verdict(low: f64, high: f64, target: f64) -> &'static str {
-    if high <= target {
+/// The interval and the verdict on `target`: "met" or "NOT met" when the whole interval lies
+/// on one side of it, else that this run cannot tell.
+fn settled_verdict(interval: Option<(f64, f64)>, target: f64) -> String {
+    let Some((low, high)) = interval else {
+        return format!("no interval from fewer than {MIN_INTERVAL_ROUNDS} rounds (BENCH_ROUNDS), so not settled");
+    };
+    let verdict = if high <= target {
         "met"
     } else if low > target {
         "NOT met"
     } else {
         "not settled: the interval spans the target; more rounds (BENCH_ROUNDS) narrow it"
-    }
+    };
+    format!("95% interval over the rounds {low:.2}-{high:.2}; {verdict}")
 }
 
 fn report(variants: &[Variant], settings: &Settings) {
@@ -805,29 +813,26 @@ fn report(variants: &[Variant], settings: &Settings) {
         };
         let rounds: Vec<usize> = (0..bare.rounds.len()).collect();
         let ratio = versus_modules(&rounds);
-        let (low, high) = bootstrap_interval(rounds.len(), versus_modules);
         println!(
-            "target: the bundle adds at most 0.7x what the four modules add: {ratio:.2}x (95% interval over the rounds {low:.2}-{high:.2}; {})",
-            settled_verdict(low, high, 0.7)
+            "target: the bundle adds at most 0.7x what the four modules add: {ratio:.2}x ({})",
+            settled_verdict(bootstrap_interval(rounds.len(), versus_modules), 0.7)
         );
-        let versus_bare = |variant: &Variant| {
-            median(variant.rounds.iter().zip(&bare.rounds).map(|(r, b)| r.cpu_us_per_request / b.cpu_us_per_request))
-        };
-        let bundle_over_bare = |rounds: &[usize]| median(rounds.iter().map(|&i| cpu(bundle, i) / cpu(bare, i)));
+        let over_bare =
+            |variant: &Variant, rounds: &[usize]| median(rounds.iter().map(|&i| cpu(variant, i) / cpu(bare, i)));
+        let bundle_over_bare = |rounds: &[usize]| over_bare(bundle, rounds);
         let bundle_versus_bare = bundle_over_bare(&rounds);
-        let (low, high) = bootstrap_interval(rounds.len(), bundle_over_bare);
         println!(
-            "target: the bundle costs at most 1.75x bare Envoy (stretch 1.6x): {bundle_versus_bare:.2}x (95% interval over the rounds {low:.2}-{high:.2}; {})",
-            settled_verdict(low, high, 1.75)
+            "target: the bundle costs at most 1.75x bare Envoy (stretch 1.6x): {bundle_versus_bare:.2}x ({})",
+            settled_verdict(bootstrap_interval(rounds.len(), bundle_over_bare), 1.75)
         );
         if let Some(native) = find("native-suite") {
             println!(
                 "  (Envoy's native jwt_authn + local_ratelimit in the same run: {:.2}x bare)",
-                versus_bare(native)
+                over_bare(native, &rounds)
             );
         }
         if let Some(calls) = find("suite-calls") {
-            println!("  (the bundle's host calls alone, without its logic: {:.2}x bare)", versus_bare(calls));
+            println!("  (the bundle's host calls alone, without its logic: {:.2}x bare)", over_bare(calls, &rounds));
         }
     }
     for (variant, baseline) in [
